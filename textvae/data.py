@@ -1,0 +1,271 @@
+"""Corpora → token ids → length-bucketed batches.
+
+Files are checked first (present, non-empty, valid UTF-8, well-formed
+``label<TAB>text`` lines, sha256 fingerprint) so that bad input fails with one
+line naming the file, then loaded through ``datasets``. Batches group sequences
+of equal or near-equal length (DESIGN.md §5), so padding is rare, and are
+padded with ``<pad>``; every sequence is framed as ``<s> w1 .. wn </s>``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .config import DataConfig, TextVAEError
+from .tokenization import TextTokenizer
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Batch:
+    """A padded batch.
+
+    Shape:
+        input_ids, attention_mask: (B, T) with T = longest sequence + 2 (``<s>`` and ``</s>``).
+        lengths: (B,) tokens per sequence including ``<s>`` and ``</s>``.
+        indices: (B,) positions of the sequences in their split.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    lengths: torch.Tensor
+    indices: torch.Tensor
+    class_labels: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.lengths.to(device),
+            self.indices.to(device),
+            None if self.class_labels is None else self.class_labels.to(device),
+        )
+
+    @property
+    def num_predicted_tokens(self) -> int:
+        """Words + ``</s>`` per sequence, not ``<s>`` (He et al.'s perplexity convention)."""
+        return int((self.lengths - 1).sum())
+
+
+def builtin_dir(name: str) -> Path:
+    path = Path(str(resources.files("textvae.assets"))) / name
+    if not path.is_dir():
+        raise TextVAEError(f"unknown built-in corpus 'data.builtin={name}'")
+    return path
+
+
+def data_paths(cfg: DataConfig) -> dict[str, Path]:
+    if cfg.dir is None and cfg.builtin is None:
+        raise TextVAEError("recipe needs 'data.dir' (the folder holding the split files): add data.dir=PATH")
+    root = Path(cfg.dir) if cfg.dir is not None else builtin_dir(cfg.builtin)
+    if not root.is_dir():
+        raise TextVAEError(f"data.dir does not exist or is not a folder: {root}")
+    names = {"train": cfg.train_file, "valid": cfg.valid_file, "test": cfg.test_file}
+    return {split: root / name for split, name in names.items()}
+
+
+def fingerprint(raw: bytes, algorithm: str) -> str:
+    """Hex digest of a file's bytes: ``sha256``, ``md5`` or ``gitblob`` (= ``git hash-object FILE``)."""
+    if algorithm == "gitblob":
+        return hashlib.sha1(b"blob %d\0" % len(raw) + raw).hexdigest()
+    return hashlib.new(algorithm, raw).hexdigest()
+
+
+def check_fingerprint(path: Path, raw: bytes, expected: str) -> None:
+    """``expected`` is ``hex`` (sha256) or ``algorithm:hex`` with algorithm sha256, md5 or gitblob."""
+    algorithm, _, digest = expected.rpartition(":")
+    algorithm = algorithm or "sha256"
+    if algorithm not in ("sha256", "md5", "gitblob"):
+        raise TextVAEError(f"data.fingerprints.{path.name}: unknown algorithm '{algorithm}' (sha256, md5, gitblob)")
+    actual = fingerprint(raw, algorithm)
+    if actual != digest.lower():
+        raise TextVAEError(
+            f"fingerprint mismatch for {path}: {algorithm} {actual[:12]}… != expected {digest[:12]}… "
+            "(a different or corrupted copy; pass data.verify=false to use it anyway)"
+        )
+
+
+def check_file(path: Path, fmt: str, expected: str | None = None) -> None:
+    """Fail with one line naming ``path`` if it is missing, empty, not UTF-8, malformed or altered."""
+    if not path.is_file():
+        raise TextVAEError(f"data file not found: {path}")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise TextVAEError(f"data file is empty: {path}")
+    if expected is not None:
+        check_fingerprint(path, raw, expected)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise TextVAEError(f"{path}:{line}: not valid UTF-8 (byte {raw[err.start]:#04x})") from None
+    if fmt == "tsv_label":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            label, sep, _ = line.partition("\t")
+            if not sep or not label.strip().lstrip("-").isdigit():
+                raise TextVAEError(f"{path}:{number}: malformed line, expected 'label<TAB>text'")
+
+
+def read_split(path: Path, fmt: str, lowercase: bool = False) -> tuple[list[str], list[int] | None]:
+    """Load one split through ``datasets``; drop blank lines."""
+    import datasets  # imported lazily: it is slow to import
+
+    datasets.disable_progress_bars()
+    load_dataset = datasets.load_dataset
+
+    if fmt == "text":
+        ds = load_dataset("text", data_files=str(path), split="train")
+        texts, labels = ds["text"], None
+    else:
+        ds = load_dataset(
+            "csv",
+            data_files=str(path),
+            split="train",
+            delimiter="\t",
+            column_names=["label", "text"],
+            quoting=csv.QUOTE_NONE,
+            keep_default_na=False,
+            dtype={"label": int, "text": str},
+        )
+        texts, labels = ds["text"], ds["label"]
+    keep = [i for i, t in enumerate(texts) if t.strip()]
+    texts = [texts[i].lower() if lowercase else texts[i] for i in keep]
+    labels = None if labels is None else [int(labels[i]) for i in keep]
+    return texts, labels
+
+
+def load_texts(cfg: DataConfig) -> dict[str, tuple[list[str], list[int] | None]]:
+    """Check and read train/valid/test. Returns ``{split: (texts, labels or None)}``."""
+    paths = data_paths(cfg)
+    out = {}
+    for split, path in paths.items():
+        expected = cfg.fingerprints.get(path.name) if cfg.verify else None
+        check_file(path, cfg.format, expected)
+        out[split] = read_split(path, cfg.format, cfg.lowercase)
+    return out
+
+
+class TextDataset:
+    """Token ids of one split (without ``<s>``/``</s>``), plus class labels when the corpus has them."""
+
+    def __init__(self, ids: list[list[int]], labels: list[int] | None = None, texts: list[str] | None = None):
+        self.ids = ids
+        self.labels = labels
+        self.texts = texts
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: list[str],
+        tokenizer: TextTokenizer,
+        labels: list[int] | None = None,
+        max_length: int | None = None,
+    ) -> TextDataset:
+        ids = tokenizer.encode_batch(texts)
+        if max_length is not None:
+            ids = [seq[:max_length] for seq in ids]
+        return cls(ids, labels, texts)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_predicted_tokens(self) -> int:
+        return sum(len(s) + 1 for s in self.ids)
+
+    def subset(self, n: int) -> TextDataset:
+        """The first ``n`` sequences (``eval --limit``)."""
+        return TextDataset(
+            self.ids[:n], None if self.labels is None else self.labels[:n], None if self.texts is None else self.texts[:n]
+        )
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, seed: int = 0, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2
+    ) -> list[Batch]:
+        """Length-bucketed batches: sort by length (ties broken randomly), cut, shuffle the batch order.
+
+        With ``shuffle=False`` the order is deterministic (sorted by length), which
+        evaluation and the per-batch MI estimator rely on.
+        """
+        rng = random.Random(seed)
+        order = list(range(len(self.ids)))
+        if shuffle:
+            rng.shuffle(order)
+        order.sort(key=lambda i: len(self.ids[i]))  # stable: shuffled ties stay shuffled
+        groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        if shuffle:
+            rng.shuffle(groups)
+        return [self.collate(g, pad_id, bos_id, eos_id) for g in groups]
+
+    def collate(self, indices: list[int], pad_id: int = 0, bos_id: int = 1, eos_id: int = 2) -> Batch:
+        seqs = [[bos_id, *self.ids[i], eos_id] for i in indices]
+        lengths = torch.tensor([len(s) for s in seqs])
+        input_ids = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+        attention_mask = (torch.arange(input_ids.size(1))[None, :] < lengths[:, None]).long()
+        labels = None if self.labels is None else torch.tensor([self.labels[i] for i in indices])
+        return Batch(input_ids, attention_mask, lengths, torch.tensor(indices), labels)
+
+
+def generate_synthetic(
+    out_dir: str | Path,
+    num_train: int = 16_000,
+    num_test: int = 4_000,
+    vocab_size: int = 1000,
+    length: int = 10,
+    seed: int = 783435,
+) -> dict[str, Path]:
+    """He et al. (2019, §6.1)'s synthetic corpus: sequences from a random LSTM LM conditioned on a 2-d z.
+
+    z ~ equal mixture of four unit-variance Gaussians at (±2, ±2); the first token
+    is uniform; an LSTM (100-d embeddings and state) takes z concatenated to every
+    input, with c0 = W z and h0 = tanh(c0); each next token is sampled from
+    softmax(W1 h + W2 z). Weights ~ U(±1), W2 ~ U(±3). Deterministic given ``seed``.
+    Writes ``synthetic_{train,test}.txt`` (He et al. validate on the test file)
+    and the true latents, one ``z1 z2`` per line, in ``synthetic_{train,test}.z.txt``.
+    """
+    from torch import nn
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    hidden, nz, n = 100, 2, num_train + num_test
+    embed = nn.Embedding(vocab_size, hidden)
+    lstm = nn.LSTM(hidden + nz, hidden, batch_first=True)
+    w_init = nn.Linear(nz, hidden, bias=False)
+    w1, w2 = nn.Linear(hidden, vocab_size), nn.Linear(nz, vocab_size, bias=False)
+    with torch.no_grad():
+        for module in (embed, lstm, w_init, w1):
+            for p in module.parameters():
+                p.copy_(torch.rand(p.shape, generator=gen) * 2 - 1)
+        w2.weight.copy_(torch.rand(w2.weight.shape, generator=gen) * 6 - 3)
+        centres = torch.tensor([[2.0, 2.0], [2.0, -2.0], [-2.0, 2.0], [-2.0, -2.0]])
+        z = centres[torch.randint(0, 4, (n,), generator=gen)] + torch.randn(n, nz, generator=gen)  # (N, 2)
+        token = torch.randint(0, vocab_size, (n,), generator=gen)  # (N,)
+        c0 = w_init(z)[None]
+        state = (torch.tanh(c0), c0)
+        tokens = [token]
+        for _ in range(length - 1):
+            h, state = lstm(torch.cat([embed(token), z], -1)[:, None, :], state)  # (N, 1, H)
+            probs = torch.softmax(w1(h[:, 0]) + w2(z), dim=-1)  # (N, V)
+            token = torch.multinomial(probs, 1, generator=gen)[:, 0]
+            tokens.append(token)
+        seqs = torch.stack(tokens, 1)  # (N, length)
+    paths = {}
+    for split, rows in (("train", range(num_train)), ("test", range(num_train, n))):
+        text = out / f"synthetic_{split}.txt"
+        text.write_text("".join(" ".join(map(str, seqs[i].tolist())) + "\n" for i in rows))
+        (out / f"synthetic_{split}.z.txt").write_text("".join(f"{z[i, 0]:.6f} {z[i, 1]:.6f}\n" for i in rows))
+        paths[split] = text
+    return paths

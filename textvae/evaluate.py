@@ -1,0 +1,109 @@
+"""evaluate(model, split) → EvalResult, every figure as DESIGN.md §4 defines it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import EvalConfig
+from .data import TextDataset
+from .metrics import (
+    active_units,
+    iw_log_weights,
+    iw_nll_from_log_weights,
+    mutual_information,
+    mutual_information_batched,
+)
+
+
+@dataclass
+class EvalResult:
+    nll: float  # importance-weighted −log p(x), nats per sequence (exact for the LM)
+    nll_stderr: float  # standard error of that mean over sequences
+    ppl: float  # exp(Σ nll / Σ predicted tokens); predicted = words + </s>
+    elbo: float  # per-sequence mean
+    rec: float  # per-sequence mean of −log p(x|z), one posterior sample
+    kl: float  # per-sequence mean of analytic KL(q(z|x) ‖ N(0, I))
+    mi: float  # I(x; z) with the aggregate posterior over the whole split
+    mi_ceiling: float  # log N
+    mi_batch: float  # He et al.'s per-batch estimator (batches of eval.mi_batch_size)
+    au: int  # dims with Var_x(E_q[z_d|x]) ≥ eval.au_threshold
+    iw_samples: int  # K
+    num_sequences: int
+    num_tokens: int  # predicted tokens
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    dataset: TextDataset,
+    cfg: EvalConfig | None = None,
+    device: str | torch.device = "cpu",
+    iw: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate ``model`` on ``dataset``.
+
+    Args:
+        iw: compute the importance-weighted NLL with ``cfg.iw_samples`` samples;
+            when False (per-epoch validation), ``nll`` is −ELBO and ``iw_samples`` is 0.
+        seed: seeds the posterior samples so that an evaluation is reproducible.
+    """
+    cfg = cfg or EvalConfig()
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    latent = model.latent_dim > 0
+    vocab = model.config.vocab_size
+    nll, rec, kl, locs, scales = [], [], [], [], []
+    batches = dataset.batches(cfg.batch_size)
+    for batch in tqdm(batches, desc="eval", leave=False, disable=None if progress else True):
+        batch = batch.to(device)
+        out = model(batch.input_ids, batch.attention_mask)
+        rec.append(out.rec.cpu())
+        kl.append(out.kl.cpu())
+        if latent and iw:
+            b, t = batch.input_ids.shape
+            chunk = max(1, cfg.max_chunk_logits // (b * t * vocab))
+            log_w = iw_log_weights(model, batch.input_ids, batch.attention_mask, cfg.iw_samples, chunk)
+            nll.append(iw_nll_from_log_weights(log_w).cpu())
+        else:
+            nll.append((out.rec + out.kl).cpu())
+        if latent:
+            locs.append(out.posterior.base_dist.loc.cpu())
+            scales.append(out.posterior.base_dist.scale.cpu())
+    nll_t, rec_t, kl_t = torch.cat(nll), torch.cat(rec), torch.cat(kl)
+    n = len(dataset)
+    num_tokens = dataset.num_predicted_tokens
+    if latent:
+        loc, scale = torch.cat(locs), torch.cat(scales)  # in batch order (sorted by length)
+        mi = mutual_information(loc, scale, generator=gen)
+        mi_batch = mutual_information_batched(loc, scale, cfg.mi_batch_size, generator=gen)
+        au, _ = active_units(loc, cfg.au_threshold)
+    else:
+        mi = mi_batch = 0.0
+        au = 0
+    model.train(was_training)
+    return EvalResult(
+        nll=float(nll_t.mean()),
+        nll_stderr=float(nll_t.std() / math.sqrt(n)) if n > 1 else 0.0,
+        ppl=math.exp(float(nll_t.sum()) / num_tokens),
+        elbo=float(-(rec_t + kl_t).mean()),
+        rec=float(rec_t.mean()),
+        kl=float(kl_t.mean()),
+        mi=mi,
+        mi_ceiling=math.log(n),
+        mi_batch=mi_batch,
+        au=au,
+        iw_samples=cfg.iw_samples if (latent and iw) else (1 if latent else 0),
+        num_sequences=n,
+        num_tokens=num_tokens,
+    )

@@ -1,0 +1,41 @@
+"""Named methods: a method is a one-line description plus a set of recipe overrides.
+
+``textvae train RECIPE method=NAME`` applies one; the user's own ``key=value``
+overrides still come after it. Later issues add the collapse mitigations here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from .config import TextVAEError
+
+
+@dataclass(frozen=True)
+class Method:
+    description: str
+    overrides: tuple[str, ...] = ()
+
+
+METHODS: dict[str, Method] = {
+    "vae": Method("plain VAE, KL weight 1 from the first step (Kingma & Welling 2014; Bowman et al. 2016)",
+                  ("train.kl_start=1.0", "train.beta=1.0")),
+    "vae-anneal": Method("VAE with linear KL warm-up from 0.1 over 10 epochs (Bowman et al. 2016; He et al. 2019)",
+                         ("train.kl_start=0.1", "train.kl_warmup_epochs=10")),
+    "critic-self": Method("VAE + self critic S[i,j] = log q(z_i|x_j), InfoNCE weight 1 (Menon et al. 2022)",
+                          ("critic.type=self",)),
+    "critic-neural": Method("VAE + neural critic (own LSTM x-encoder, cosine/τ), InfoNCE weight 1 (Menon et al. 2022)",
+                            ("critic.type=neural",)),
+    "critic-hybrid": Method("VAE + hybrid critic sharing the inference embedding (Menon et al. 2022)",
+                            ("critic.type=hybrid",)),
+    "lm": Method("the same decoder with no latent variable (language-model baseline)", ("model.latent_dim=0",)),
+}
+
+
+def method_overrides(name: str) -> list[str]:
+    if name not in METHODS:
+        hint = difflib.get_close_matches(name, list(METHODS), n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise TextVAEError(f"unknown method '{name}'{suggestion}; see `textvae methods list`")
+    return list(METHODS[name].overrides)

@@ -1,0 +1,164 @@
+"""TextVAE: encoder → Gaussian posterior → autoregressive decoder (DESIGN.md §3).
+
+One readable model file. ``latent_dim == 0`` gives the language-model baseline
+(no encoder, no latent, KL = 0). ``save_pretrained`` / ``from_pretrained`` write
+and read ``model.safetensors`` + ``config.json`` (the resolved :class:`ModelArgs`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+from torch.distributions import Independent, kl_divergence
+
+from .config import ModelConfig, TextVAEError
+from .modules.decoders import DECODERS
+from .modules.encoders import ENCODERS
+from .modules.posterior import GaussianPosterior, standard_normal
+
+
+@dataclass
+class ModelArgs:
+    """Fully resolved architecture (saved as the model's config.json)."""
+
+    vocab_size: int
+    encoder: str = "lstm"
+    decoder: str = "lstm"
+    embed_dim: int = 256
+    enc_hidden_dim: int = 256
+    dec_hidden_dim: int = 256
+    latent_dim: int = 32
+    dec_dropout_in: float = 0.5
+    dec_dropout_out: float = 0.5
+    init_range: float = 0.01
+    emb_init_range: float = 0.1
+    pad_id: int = 0
+
+
+# Named architecture presets (fairseq-style); recipe fields override them.
+PRESETS: dict[str, dict] = {
+    # He et al. 2019 Yahoo/Yelp: embedding 512, LSTMs 1024, z 32.
+    "lstm-he2019": dict(embed_dim=512, enc_hidden_dim=1024, dec_hidden_dim=1024, latent_dim=32),
+    # PTB: 256/256, z 32.
+    "lstm-ptb": dict(embed_dim=256, enc_hidden_dim=256, dec_hidden_dim=256, latent_dim=32),
+    # He et al. synthetic: 50-d LSTMs, z 2.
+    "lstm-synthetic": dict(embed_dim=50, enc_hidden_dim=50, dec_hidden_dim=50, latent_dim=2),
+    # Tests and the debug recipe.
+    "lstm-tiny": dict(embed_dim=16, enc_hidden_dim=16, dec_hidden_dim=16, latent_dim=4),
+}
+
+
+def resolve_model_args(cfg: ModelConfig, vocab_size: int, pad_id: int = 0) -> ModelArgs:
+    """Preset values, then every field the recipe sets explicitly (non-None)."""
+    values: dict = {}
+    if cfg.preset is not None:
+        if cfg.preset not in PRESETS:
+            raise TextVAEError(f"unknown model.preset '{cfg.preset}' (choose from {', '.join(PRESETS)})")
+        values.update(PRESETS[cfg.preset])
+    names = {f.name for f in fields(ModelArgs)}
+    values.update({k: v for k, v in asdict(cfg).items() if k in names and v is not None})
+    for key, registry in (("encoder", ENCODERS), ("decoder", DECODERS)):
+        if values.get(key, "lstm") not in registry:
+            raise TextVAEError(f"unknown model.{key} '{values[key]}' (choose from {', '.join(registry)})")
+    return ModelArgs(vocab_size=vocab_size, pad_id=pad_id, **values)
+
+
+@dataclass
+class VAEOutput:
+    """Per-sequence terms of the ELBO.
+
+    Shape: rec, kl (B,); z (B, D) (None for the LM); posterior batch shape (B,).
+    """
+
+    rec: torch.Tensor
+    kl: torch.Tensor
+    z: torch.Tensor | None
+    posterior: Independent | None
+
+
+class TextVAE(nn.Module):
+    def __init__(self, config: ModelArgs):
+        super().__init__()
+        self.config = config
+        c = config
+        if c.latent_dim > 0:
+            self.encoder = ENCODERS[c.encoder](c.vocab_size, c.embed_dim, c.enc_hidden_dim, pad_id=c.pad_id)
+            self.posterior = GaussianPosterior(self.encoder.output_dim, c.latent_dim)
+        else:
+            self.encoder = self.posterior = None
+        self.decoder = DECODERS[c.decoder](
+            c.vocab_size, c.embed_dim, c.dec_hidden_dim, c.latent_dim, c.dec_dropout_in, c.dec_dropout_out, c.pad_id
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He et al.'s initialisation: U(±0.01) for weights, U(±0.1) for embeddings."""
+        for name, param in self.named_parameters():
+            bound = self.config.emb_init_range if "embed" in name else self.config.init_range
+            nn.init.uniform_(param, -bound, bound)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        save_model(self, str(directory / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> TextVAE:
+        directory = Path(directory)
+        model = cls(ModelArgs(**json.loads((directory / "config.json").read_text())))
+        load_model(model, str(directory / "model.safetensors"), device=str(device))
+        return model.to(device)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def prior(self) -> Independent:
+        return standard_normal(self.latent_dim, device=next(self.parameters()).device)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Independent:
+        """q(z|x). Shape: input_ids (B, T) → batch shape (B,), event shape (D,)."""
+        if self.encoder is None:
+            raise TextVAEError("this model has latent_dim 0 (a language model): it has no encoder")
+        return self.posterior(self.encoder(input_ids, attention_mask))
+
+    def decode(self, input_ids: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """Teacher-forced logits. Shape: input_ids (N, T), z (N, D) → (N, T, V)."""
+        return self.decoder(input_ids, z)
+
+    def reconstruction_nll(self, input_ids: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """−log p(x|z), nats per sequence: tokens 1..T-1 predicted from 0..T-2, padding ignored.
+
+        ``z`` may carry extra leading sample dimensions: (..., N, D) decodes each
+        sample against the same inputs and returns (..., N).
+        Shape: input_ids (N, T), z (..., N, D) → (..., N).
+        """
+        lead = () if z is None else z.shape[:-2]
+        n, t = input_ids.shape
+        if z is not None and lead:
+            z = z.reshape(-1, z.size(-1))
+            input_ids = input_ids.repeat(z.size(0) // n, 1)
+        logits = self.decode(input_ids[:, :-1], z)  # (N', T-1, V)
+        targets = input_ids[:, 1:]
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=self.config.pad_id, reduction="none"
+        )
+        return nll.view(*lead, n, t - 1).sum(-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> VAEOutput:
+        """One reparameterised sample per sequence. Shape: (B, T) → VAEOutput with (B,) terms."""
+        if self.latent_dim == 0:
+            rec = self.reconstruction_nll(input_ids, None)
+            return VAEOutput(rec, torch.zeros_like(rec), None, None)
+        posterior = self.encode(input_ids, attention_mask)
+        z = posterior.rsample()  # (B, D)
+        rec = self.reconstruction_nll(input_ids, z)
+        kl = kl_divergence(posterior, self.prior())  # (B,), analytic
+        return VAEOutput(rec, kl, z, posterior)

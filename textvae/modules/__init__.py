@@ -1,0 +1,1 @@
+"""Building blocks: encoders, decoders, the posterior head and critics."""

@@ -1,0 +1,132 @@
+"""Contrastive inference critics (Menon, Blei & Vondrick, UAI 2022, "Forget-me-not!").
+
+A critic scores every latent against every observation of the batch,
+``S[i, j] = score(z_i, x_j)`` (B × B), and is trained with InfoNCE: the
+cross-entropy of each row against its diagonal, so each latent must pick the
+sequence it was inferred from. InfoNCE bounds the mutual information from below,
+I(x; z) ≥ log C − CE for C candidates (van den Oord et al. 2018, eq. 4–5), so
+adding ``λ · CE`` to the negative ELBO keeps z informative. The z it sees is the
+reparameterised sample the decoder sees (or the posterior mean), so its gradient
+reaches the encoder; the decoder is never involved.
+
+- ``self``: ``S[i, j] = log q(z_i | x_j)`` from the posteriors, no parameters.
+- ``neural``: its own LSTM encoder of x plus MLP heads on x and z into a shared
+  space, scored by cosine similarity / temperature.
+- ``hybrid``: as neural, but sharing the word embedding with the inference network.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Independent
+
+from .encoders import LSTMEncoder
+from .posterior import pairwise_log_prob
+
+
+def info_nce(scores: torch.Tensor, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of each row of ``scores`` against its diagonal, and the row accuracy.
+
+    Extra columns beyond B (queued negatives) are only ever wrong answers. With
+    ``symmetric``, the column loss (each x picks its z among the batch) is averaged in.
+    Shape: scores (B, C) with C ≥ B → (scalar loss, scalar accuracy).
+    """
+    target = torch.arange(scores.size(0), device=scores.device)
+    loss = F.cross_entropy(scores, target)
+    if symmetric:
+        b = scores.size(0)
+        loss = 0.5 * (loss + F.cross_entropy(scores[:, :b].T, target))
+    acc = (scores.argmax(dim=1) == target).float().mean()
+    return loss, acc
+
+
+class SelfCritic(nn.Module):
+    """``S[i, j] = log q(z_i | x_j)``: the inference network is its own critic."""
+
+    def forward(self, z: torch.Tensor, posterior: Independent, input_ids=None, attention_mask=None) -> torch.Tensor:
+        """Shape: z (B, D) → (B, B)."""
+        return pairwise_log_prob(posterior, z)
+
+
+def _mlp(input_dim: int, hidden_dim: int, output_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(input_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, output_dim))
+
+
+class NeuralCritic(nn.Module):
+    """Separate x-encoder and MLP heads; ``S[i, j] = cos(g(z_i), f(x_j)) / τ``.
+
+    Args:
+        embedding: an ``nn.Embedding`` to share (the hybrid critic passes the
+            inference network's); None gives the critic its own.
+        temperature: τ; learnable (as log τ) when ``learn_temperature``.
+        queue_size: keep this many past x-keys as extra negatives (MoCo-style,
+            He et al. 2020). They were computed by an older critic, so they are
+            slightly stale; they raise the log C ceiling of the bound.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        latent_dim: int,
+        embed_dim: int = 64,
+        hidden_dim: int = 64,
+        proj_dim: int = 64,
+        temperature: float = 0.1,
+        learn_temperature: bool = True,
+        queue_size: int = 0,
+        embedding: nn.Embedding | None = None,
+        pad_id: int = 0,
+    ):
+        super().__init__()
+        self.x_encoder = LSTMEncoder(vocab_size, embed_dim if embedding is None else embedding.embedding_dim,
+                                     hidden_dim, pad_id)
+        if embedding is not None:
+            self.x_encoder.embed = embedding  # shared with the inference network
+        self.f_x = _mlp(hidden_dim, hidden_dim, proj_dim)
+        self.g_z = _mlp(latent_dim, hidden_dim, proj_dim)
+        log_tau = torch.tensor(math.log(temperature))
+        self.log_tau = nn.Parameter(log_tau) if learn_temperature else None
+        if not learn_temperature:
+            self.register_buffer("fixed_log_tau", log_tau)
+        self.queue_size = queue_size
+        self.register_buffer("queue", torch.zeros(0, proj_dim), persistent=False)
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return (self.log_tau if self.log_tau is not None else self.fixed_log_tau).exp()
+
+    def forward(
+        self, z: torch.Tensor, posterior: Independent | None, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Shape: z (B, D), input_ids (B, T) → (B, B + queued keys)."""
+        keys = F.normalize(self.f_x(self.x_encoder(input_ids, attention_mask)), dim=-1)  # (B, P)
+        queries = F.normalize(self.g_z(z), dim=-1)  # (B, P)
+        candidates = torch.cat([keys, self.queue]) if self.queue.numel() else keys  # (C, P)
+        if self.training and self.queue_size:
+            self.queue = torch.cat([keys.detach(), self.queue])[: self.queue_size]
+        return queries @ candidates.T / self.temperature  # (B, C)
+
+
+def build_critic(cfg, model) -> nn.Module | None:
+    """The critic named by ``cfg.type`` (a CriticConfig) for ``model``; None for ``none`` or the LM."""
+    if cfg.type == "none" or model.latent_dim == 0:
+        return None
+    if cfg.type == "self":
+        return SelfCritic()
+    shared = model.encoder.embed if cfg.type == "hybrid" else None
+    return NeuralCritic(
+        model.config.vocab_size,
+        model.latent_dim,
+        embed_dim=cfg.embed_dim,
+        hidden_dim=cfg.hidden_dim,
+        proj_dim=cfg.proj_dim,
+        temperature=cfg.temperature,
+        learn_temperature=cfg.learn_temperature,
+        queue_size=cfg.queue_size,
+        embedding=shared,
+        pad_id=model.config.pad_id,
+    ).to(next(model.parameters()).device)

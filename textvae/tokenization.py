@@ -1,0 +1,193 @@
+"""Tokenizers: word level, BPE and unigram (HF ``tokenizers``), and sentencepiece.
+
+Every tokenizer has the same small interface (:class:`TextTokenizer`): ids for
+``<pad> <s> </s> <unk>`` (0, 1, 2, 3), ``encode`` without specials, ``decode``
+that stops at ``</s>``, and save/load into a run directory. Corpus tokens such
+as PTB's ``<unk>`` or Yahoo's ``_UNK`` are ordinary words: ``decode`` keeps
+every non-padding token, so a round trip through the tokenizer is lossless for
+in-vocabulary text (PTB's ``<unk>`` simply shares the unknown id).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .config import TextVAEError, TokenizerConfig
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+
+
+class TextTokenizer:
+    """Common interface. Subclasses implement ``_encode_batch``, ``_decode``, ``save`` and ``vocab_size``."""
+
+    kind = "base"
+    pad_id, bos_id, eos_id, unk_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
+    subword = False  # subword models also report nats per whitespace word
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Decode ids up to the first ``</s>``, dropping ``<s>`` and ``<pad>``."""
+        kept = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id:
+                break
+            if i not in (self.pad_id, self.bos_id):
+                kept.append(i)
+        return self._decode(kept)
+
+    def _decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def save(self, directory: str | Path) -> None:
+        raise NotImplementedError
+
+
+class HFTokenizer(TextTokenizer):
+    """Word level, BPE or unigram model on HF ``tokenizers``; saved as ``tokenizer.json``."""
+
+    def __init__(self, tokenizer: Tokenizer, kind: str):
+        self.tok = tokenizer
+        self.kind = kind
+        self.subword = kind != "word"
+        for name, expected in zip(SPECIALS, (PAD_ID, BOS_ID, EOS_ID, UNK_ID), strict=True):
+            if tokenizer.token_to_id(name) != expected:
+                raise TextVAEError(f"tokenizer: special token {name} must have id {expected}")
+
+    @classmethod
+    def train(cls, texts: list[str], cfg: TokenizerConfig) -> HFTokenizer:
+        kind = cfg.type
+        if kind == "word":
+            # The vocabulary is counted here rather than by WordLevelTrainer, which gives a corpus
+            # word equal to a special (PTB's `<unk>`) a second id and leaves a hole at id 3.
+            counts = Counter(word for text in texts for word in text.split())
+            words = sorted((w for w, c in counts.items() if c >= cfg.min_freq and w not in SPECIALS),
+                           key=lambda w: (-counts[w], w))
+            if cfg.vocab_size:
+                words = words[: max(0, cfg.vocab_size - len(SPECIALS))]
+            vocab = {w: i for i, w in enumerate(SPECIALS + words)}
+            tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+            tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+            tok.add_special_tokens(SPECIALS)
+            return cls(tok, kind)
+        if not cfg.vocab_size:
+            raise TextVAEError(f"tokenizer.vocab_size is required for tokenizer.type={kind}")
+        # Metaspace keeps word boundaries inside the pieces, so decode restores the spacing.
+        if kind == "bpe":
+            tok = Tokenizer(models.BPE(unk_token="<unk>"))
+            trainer = trainers.BpeTrainer(
+                vocab_size=cfg.vocab_size, min_frequency=cfg.min_freq, special_tokens=SPECIALS, show_progress=False
+            )
+        else:
+            tok = Tokenizer(models.Unigram())
+            trainer = trainers.UnigramTrainer(
+                vocab_size=cfg.vocab_size, special_tokens=SPECIALS, unk_token="<unk>", show_progress=False
+            )
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok, kind)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [enc.ids for enc in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def _decode(self, ids: list[int]) -> str:
+        if self.kind == "word":
+            # WordLevel has no decoder; join tokens (PTB's `<unk>` included) with single spaces.
+            return " ".join(self.tok.id_to_token(i) for i in ids)
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        self.tok.save(str(directory / "tokenizer.json"))
+        (directory / "tokenizer_config.json").write_text(json.dumps({"type": self.kind}))
+
+
+class SentencePieceTokenizer(TextTokenizer):
+    """sentencepiece unigram model; saved as ``spm.model``."""
+
+    kind = "sentencepiece"
+    subword = True
+
+    def __init__(self, model_proto: bytes):
+        import sentencepiece as spm
+
+        self.proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+
+    @classmethod
+    def train(cls, texts: list[str], cfg: TokenizerConfig) -> SentencePieceTokenizer:
+        import sentencepiece as spm
+
+        if not cfg.vocab_size:
+            raise TextVAEError("tokenizer.vocab_size is required for tokenizer.type=sentencepiece")
+        buffer = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts),
+            model_writer=buffer,
+            vocab_size=cfg.vocab_size,
+            model_type="unigram",
+            pad_id=PAD_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            unk_id=UNK_ID,
+            # PTB writes rare words as `<unk>`: keep it an ordinary piece so it round-trips.
+            unk_piece="<spm-unk>",
+            user_defined_symbols=["<unk>"],
+            hard_vocab_limit=False,
+            minloglevel=2,
+        )
+        return cls(buffer.getvalue())
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.sp.decode(ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        (directory / "spm.model").write_bytes(self.proto)
+        (directory / "tokenizer_config.json").write_text(json.dumps({"type": self.kind}))
+
+
+def train_tokenizer(texts: list[str], cfg: TokenizerConfig) -> TextTokenizer:
+    """Fit the tokenizer named by ``cfg.type`` on the training texts."""
+    if cfg.type == "sentencepiece":
+        return SentencePieceTokenizer.train(texts, cfg)
+    return HFTokenizer.train(texts, cfg)
+
+
+def load_tokenizer(directory: str | Path) -> TextTokenizer:
+    directory = Path(directory)
+    meta_path = directory / "tokenizer_config.json"
+    if not meta_path.is_file():
+        raise TextVAEError(f"{directory}: no tokenizer_config.json (not a textvae model directory?)")
+    kind = json.loads(meta_path.read_text())["type"]
+    if kind == "sentencepiece":
+        return SentencePieceTokenizer((directory / "spm.model").read_bytes())
+    return HFTokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")), kind)

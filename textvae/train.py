@@ -1,0 +1,244 @@
+"""fit(recipe) → run directory: data, tokenizer, model, the training loop, checkpoints, final evaluation.
+
+No Trainer class: ``fit`` plus small helpers. The loop follows He et al. (2019):
+SGD (or Adam) with gradient clipping, validation each epoch, the best model kept
+by validation loss (−ELBO), and the learning rate halved — reloading the best
+model — after ``lr_decay_patience_epochs`` epochs without improvement, at most
+``max_lr_decays`` times.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    MODEL_DIR,
+    atomic_write_text,
+    latest_checkpoint,
+    load_model_dir,
+    load_trainer_state,
+    prepare_run_dir,
+    save_checkpoint,
+    save_config,
+    save_model_dir,
+)
+from .config import Config, TrainConfig
+from .data import TextDataset, load_texts
+from .evaluate import EvalResult, evaluate
+from .model import TextVAE, resolve_model_args
+from .modules.critics import build_critic
+from .objectives import critic_term, critic_weight, kl_weight, negative_elbo
+from .tokenization import TextTokenizer, load_tokenizer, train_tokenizer
+from .tracking import MetricsWriter, plot_training_curves
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def critic_own_parameters(critic: torch.nn.Module | None, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The critic's parameters minus those it shares with the model (the hybrid's embedding)."""
+    if critic is None:
+        return []
+    shared = {id(p) for p in model.parameters()}
+    return [p for p in critic.parameters() if id(p) not in shared]
+
+
+def make_optimizers(model: torch.nn.Module, critic: torch.nn.Module | None, cfg: Config, lr: float):
+    """The model's optimiser (with the critic as a second parameter group), or a separate Adam for the critic.
+
+    Returns (optimizer, critic_optimizer or None).
+    """
+    groups = [{"params": list(model.parameters()), "lr": lr}]
+    own = critic_own_parameters(critic, model)
+    critic_optimizer = None
+    if own and cfg.critic.optimizer == "adam":
+        critic_optimizer = torch.optim.Adam(own, lr=cfg.critic.lr or 1e-3)
+    elif own:
+        groups.append({"params": own, "lr": cfg.critic.lr or lr})
+    tc = cfg.train
+    if tc.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(tc.adam_betas)), critic_optimizer
+    return torch.optim.SGD(groups, lr=lr, momentum=tc.momentum), critic_optimizer
+
+
+def build_datasets(cfg: Config, tokenizer: TextTokenizer | None = None):
+    """Read and tokenize every split; train the tokenizer on the training split unless one is given."""
+    texts = load_texts(cfg.data)
+    if tokenizer is None:
+        tokenizer = train_tokenizer(texts["train"][0], cfg.tokenizer)
+    datasets = {
+        split: TextDataset.from_texts(t, tokenizer, labels, cfg.data.max_length if split == "train" else None)
+        for split, (t, labels) in texts.items()
+    }
+    return datasets, tokenizer
+
+
+def _rng_state() -> dict:
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss_next]}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _lr_schedule(state: dict, val_loss: float, cfg: TrainConfig) -> bool:
+    """He et al.'s plateau rule; returns True when the lr must be decayed now."""
+    if val_loss > state["plateau_best"]:
+        state["bad_epochs"] += 1
+        if state["bad_epochs"] >= cfg.lr_decay_patience_epochs and state["epoch"] >= cfg.lr_decay_min_epoch:
+            state.update(plateau_best=val_loss, bad_epochs=0, lr=state["lr"] * cfg.lr_decay_factor)
+            state["n_decays"] += 1
+            return True
+    else:
+        state.update(bad_epochs=0, plateau_best=val_loss)
+    return False
+
+
+def fit(
+    cfg: Config, output_dir: str | Path, resume: bool = False, overwrite: bool = False, progress: bool = True
+) -> Path:
+    """Train ``cfg`` into ``output_dir`` and evaluate the best model on the test split.
+
+    Writes config.yaml, metrics.jsonl, model/, checkpoints/, eval_test.json and curves.png.
+    """
+    run = Path(output_dir)
+    prepare_run_dir(run, resume=resume, overwrite=overwrite)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    ckpt = latest_checkpoint(run) if resume else None
+    datasets, tokenizer = build_datasets(cfg, load_tokenizer(ckpt) if ckpt else None)
+    if ckpt:
+        model, _ = load_model_dir(ckpt, device)
+        state = load_trainer_state(ckpt)
+    else:
+        model = TextVAE(resolve_model_args(cfg.model, tokenizer.vocab_size, tokenizer.pad_id)).to(device)
+        state = dict(step=0, epoch=0, batch_in_epoch=0, best_val=math.inf, plateau_best=math.inf,
+                     bad_epochs=0, n_decays=0, lr=cfg.train.lr)
+        save_config(run, cfg)
+    critic = build_critic(cfg.critic, model)
+    optimizer, critic_optimizer = make_optimizers(model, critic, cfg, state["lr"])
+    if ckpt:
+        optimizer.load_state_dict(state["optimizer"])
+        if critic is not None:
+            critic.load_state_dict(state["critic"])
+        if critic_optimizer is not None:
+            critic_optimizer.load_state_dict(state["critic_optimizer"])
+        _set_rng_state(state["rng"])
+    critic_params = critic_own_parameters(critic, model)
+    metrics = MetricsWriter(run / "metrics.jsonl")
+    metrics.truncate_after(state["step"])
+
+    train_set, valid_set = datasets["train"], datasets["valid"]
+    tc = cfg.train
+    steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
+    max_steps = tc.max_steps or math.inf
+    stop = state["step"] >= max_steps or state["n_decays"] >= tc.max_lr_decays
+    while not stop and state["epoch"] < tc.max_epochs:
+        batches = train_set.batches(tc.batch_size, shuffle=True, seed=cfg.seed * 100_003 + state["epoch"])
+        model.train()
+        if critic is not None:
+            critic.train()
+        t0 = time.perf_counter()
+        tokens = 0
+        sums = dict.fromkeys(("loss", "rec", "kl", "critic_loss", "critic_acc", "critic_mi_bound", "n"), 0.0)
+        bar = tqdm(batches[state["batch_in_epoch"]:], desc=f"epoch {state['epoch'] + 1}", leave=False,
+                   disable=None if progress else True)
+        for batch in bar:
+            batch = batch.to(device)
+            weight = kl_weight(state["step"], steps_per_epoch, tc)
+            out = model(batch.input_ids, batch.attention_mask)
+            loss = negative_elbo(out, weight)
+            b = batch.input_ids.size(0)
+            if critic is not None:
+                c_loss, c_acc, c_bound = critic_term(critic, out, batch.input_ids, batch.attention_mask, cfg.critic)
+                loss = loss + critic_weight(state["step"], cfg.critic) * c_loss
+                sums["critic_loss"] += float(c_loss.detach()) * b
+                sums["critic_acc"] += float(c_acc) * b
+                sums["critic_mi_bound"] += float(c_bound) * b
+            optimizer.zero_grad(set_to_none=True)
+            if critic_optimizer is not None:
+                critic_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            if critic_params:
+                torch.nn.utils.clip_grad_norm_(critic_params, tc.grad_clip)
+            if critic_optimizer is not None:
+                critic_optimizer.step()
+            state["step"] += 1
+            state["batch_in_epoch"] += 1
+            tokens += batch.num_predicted_tokens
+            sums["loss"] += float(loss.detach()) * b
+            sums["rec"] += float(out.rec.detach().sum())
+            sums["kl"] += float(out.kl.detach().sum())
+            sums["n"] += b
+            if state["step"] % tc.log_every_steps == 0:
+                n = sums["n"]
+                record = {"split": "train", "step": state["step"], "epoch": state["epoch"] + 1,
+                          "loss": sums["loss"] / n, "rec": sums["rec"] / n, "kl": sums["kl"] / n,
+                          "kl_weight": weight, "lr": state["lr"],
+                          "tokens_per_s": tokens / (time.perf_counter() - t0)}
+                if critic is not None:
+                    record.update({k: sums[k] / n for k in ("critic_loss", "critic_acc", "critic_mi_bound")})
+                    record["critic_weight"] = critic_weight(state["step"], cfg.critic)
+                metrics.write(record)
+                bar.set_postfix(loss=f"{sums['loss'] / n:.2f}", kl=f"{sums['kl'] / n:.2f}")
+            if state["step"] >= max_steps:
+                stop = True
+                break
+        seconds = time.perf_counter() - t0
+        val = evaluate(model, valid_set, cfg.eval, device, iw=False, seed=cfg.seed, progress=False)
+        val_loss = -val.elbo
+        metrics.write({"split": "valid", "step": state["step"], "epoch": state["epoch"] + 1, "loss": val_loss,
+                       "rec": val.rec, "kl": val.kl, "mi": val.mi, "au": val.au, "ppl": val.ppl,
+                       "kl_weight": kl_weight(state["step"], steps_per_epoch, tc), "lr": state["lr"],
+                       "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9)})
+        if val_loss < state["best_val"]:
+            state["best_val"] = val_loss
+            save_model_dir(model, tokenizer, run / MODEL_DIR)
+        if state["batch_in_epoch"] >= len(batches):  # a whole epoch: the lr rule applies
+            if _lr_schedule(state, val_loss, tc):
+                best, _ = load_model_dir(run / MODEL_DIR, device)
+                model.load_state_dict(best.state_dict())
+                optimizer, _ = make_optimizers(model, critic, cfg, state["lr"])  # He et al. rebuild the optimiser
+                stop = stop or state["n_decays"] >= tc.max_lr_decays
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+        state["optimizer"] = optimizer.state_dict()
+        if critic is not None:
+            state["critic"] = critic.state_dict()
+        if critic_optimizer is not None:
+            state["critic_optimizer"] = critic_optimizer.state_dict()
+        state["rng"] = _rng_state()
+        save_checkpoint(run, model, tokenizer, state, tc.keep_checkpoints)
+
+    final_evaluation(run, cfg, datasets["test"], device, progress)
+    plot_training_curves(run / "metrics.jsonl", run / "curves.png")
+    return run
+
+
+def final_evaluation(run: Path, cfg: Config, test_set: TextDataset, device, progress: bool = True) -> EvalResult:
+    """Evaluate the best model on the test split; write eval_test.json."""
+    model, _ = load_model_dir(run / MODEL_DIR, device)
+    t0 = time.perf_counter()
+    result = evaluate(model, test_set, cfg.eval, device, iw=True, seed=cfg.seed, progress=progress)
+    record = {"split": "test", **result.to_dict(), "seconds": time.perf_counter() - t0}
+    atomic_write_text(run / "eval_test.json", json.dumps(record, indent=2) + "\n")
+    return result
