@@ -1,10 +1,10 @@
 """textvae: variational autoencoders of text with autoregressive decoders."""
 
 from .config import Config, TextVAEError, load_recipe
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult
 from .model import TextVAE
 
-__all__ = ["Config", "EvalResult", "TextVAE", "TextVAEError", "evaluate", "fit", "load_recipe"]
+__all__ = ["Config", "EvalResult", "TextVAE", "TextVAEError", "fit", "load_recipe"]
 __version__ = "0.1.0"
 
 

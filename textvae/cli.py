@@ -95,6 +95,8 @@ def eval_cmd(
     datasets, _ = build_datasets(cfg, tokenizer)
     dataset = datasets[split]
     if limit is not None:
+        if limit < 1:
+            raise TextVAEError("--limit must be >= 1")
         dataset = dataset.subset(limit)
     result = evaluate(model, dataset, cfg.eval, device, seed=cfg.seed, progress=not as_json).to_dict()
     if as_json:

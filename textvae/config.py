@@ -201,6 +201,10 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Config
     cfg = OmegaConf.structured(Config)
     cfg = _merge(cfg, raw, str(path))
     method, rest = parse_overrides(overrides or [])
+    # `data.fingerprints.ptb.train.txt=HEX`: file names hold dots, which a dot-list would split.
+    prefix = "data.fingerprints."
+    fingerprints = dict(item[len(prefix):].split("=", 1) for item in rest if item.startswith(prefix))
+    rest = [item for item in rest if not item.startswith(prefix)]
     method = method or cfg.method
     from .methods import method_overrides  # methods import this module
 
@@ -210,6 +214,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Config
         except OmegaConfBaseException as err:
             raise TextVAEError(f"bad override: {str(err).splitlines()[0]}") from None
         cfg = _merge(cfg, dotlist, source)
+    cfg = _merge(cfg, {"data": {"fingerprints": fingerprints}}, "override")
     return validate(OmegaConf.to_object(cfg))
 
 

@@ -111,9 +111,9 @@ def check_file(path: Path, fmt: str, expected: str | None = None) -> None:
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
-            label, sep, _ = line.partition("\t")
-            if not sep or not label.strip().lstrip("-").isdigit():
-                raise TextVAEError(f"{path}:{number}: malformed line, expected 'label<TAB>text'")
+            label, *rest = line.split("\t")
+            if len(rest) != 1 or not label.strip().lstrip("-").isdigit():
+                raise TextVAEError(f"{path}:{number}: malformed line, expected 'label<TAB>text' with one TAB")
 
 
 def read_split(path: Path, fmt: str, lowercase: bool = False) -> tuple[list[str], list[int] | None]:
@@ -135,7 +135,7 @@ def read_split(path: Path, fmt: str, lowercase: bool = False) -> tuple[list[str]
             column_names=["label", "text"],
             quoting=csv.QUOTE_NONE,
             keep_default_na=False,
-            dtype={"label": int, "text": str},
+            features=datasets.Features({"label": datasets.Value("int64"), "text": datasets.Value("string")}),
         )
         texts, labels = ds["text"], ds["label"]
     keep = [i for i, t in enumerate(texts) if t.strip()]

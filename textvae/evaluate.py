@@ -53,13 +53,19 @@ def evaluate(
 
     Args:
         iw: compute the importance-weighted NLL with ``cfg.iw_samples`` samples;
-            when False (per-epoch validation), ``nll`` is −ELBO and ``iw_samples`` is 0.
+            when False (per-epoch validation), ``nll`` is −ELBO and ``iw_samples`` is 1.
         seed: seeds the posterior samples so that an evaluation is reproducible.
     """
     cfg = cfg or EvalConfig()
+    # Seeded for reproducibility, in a forked RNG so the caller's stream (training) is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _evaluate(model, dataset, cfg, device, iw, seed, progress)
+
+
+def _evaluate(model, dataset: TextDataset, cfg: EvalConfig, device, iw: bool, seed: int, progress: bool):
     was_training = model.training
     model.eval()
-    torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     latent = model.latent_dim > 0
     vocab = model.config.vocab_size

@@ -155,6 +155,7 @@ class SentencePieceTokenizer(TextTokenizer):
             unk_piece="<spm-unk>",
             user_defined_symbols=["<unk>"],
             hard_vocab_limit=False,
+            character_coverage=1.0,  # rare characters (PTB digits) must not decode as ⁇
             minloglevel=2,
         )
         return cls(buffer.getvalue())

@@ -131,7 +131,7 @@ def fit(
         model = TextVAE(resolve_model_args(cfg.model, tokenizer.vocab_size, tokenizer.pad_id)).to(device)
         state = dict(step=0, epoch=0, batch_in_epoch=0, best_val=math.inf, plateau_best=math.inf,
                      bad_epochs=0, n_decays=0, lr=cfg.train.lr)
-        save_config(run, cfg)
+    save_config(run, cfg)  # on --resume too: the config this continuation runs with
     critic = build_critic(cfg.critic, model)
     optimizer, critic_optimizer = make_optimizers(model, critic, cfg, state["lr"])
     if ckpt:

@@ -1,0 +1,141 @@
+"""Shared fixtures: tiny seeded CPU models, tiny corpora, and helpers to drive the CLI.
+
+Everything here is small (vocab ≤ 50, hidden ≤ 16, T ≤ 12 for the model tests) and
+offline: the Hugging Face libraries are put in offline mode and their cache in a
+temporary folder before anything imports them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+# Before `datasets` / `huggingface_hub` are imported (textvae imports them lazily).
+_HF_CACHE = tempfile.mkdtemp(prefix="textvae-tests-hf-")
+atexit.register(shutil.rmtree, _HF_CACHE, ignore_errors=True)
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(_HF_CACHE, "datasets"))
+os.environ.setdefault("HF_HOME", os.path.join(_HF_CACHE, "home"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tiny models: one thread is fastest, and several threads on a shared 2-core machine can be
+# hundreds of times slower (OpenMP threads waiting on each other while another process runs).
+torch.set_num_threads(1)
+
+from textvae.data import TextDataset  # noqa: E402
+from textvae.model import ModelArgs, TextVAE  # noqa: E402
+
+ASSETS = Path(__file__).parent / "assets"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEBUG_DIR = REPO_ROOT / "textvae" / "assets" / "debug"
+
+TINY = dict(vocab_size=30, embed_dim=8, enc_hidden_dim=8, dec_hidden_dim=8, latent_dim=4,
+            dec_dropout_in=0.0, dec_dropout_out=0.0)
+
+
+def make_model(seed: int = 0, **overrides) -> TextVAE:
+    """A tiny seeded model in eval mode."""
+    torch.manual_seed(seed)
+    return TextVAE(ModelArgs(**{**TINY, **overrides})).eval()
+
+
+@pytest.fixture
+def tiny_model() -> TextVAE:
+    """He et al.'s initialisation (U(±0.01)): nearly collapsed, as a fresh model is."""
+    return make_model()
+
+
+@pytest.fixture
+def informative_model() -> TextVAE:
+    """Large random weights, so that z really changes the decoder and q(z|x) differs per x."""
+    return make_model(seed=1, init_range=1.0, emb_init_range=1.0)
+
+
+@pytest.fixture
+def lm_model() -> TextVAE:
+    return make_model(seed=2, latent_dim=0, init_range=0.5, emb_init_range=0.5)
+
+
+def random_ids(lengths: list[int], vocab_size: int = 30, seed: int = 0) -> list[list[int]]:
+    """Token ids (no specials, so ≥ 4) of the given lengths."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, vocab_size, (n,), generator=gen).tolist() for n in lengths]
+
+
+@pytest.fixture
+def tiny_dataset() -> TextDataset:
+    """Twelve sequences of 3..10 tokens (T ≤ 12 with <s> and </s>)."""
+    return TextDataset(random_ids([3, 10, 5, 7, 4, 9, 6, 8, 3, 10, 5, 7], seed=3))
+
+
+def write_corpus(root: Path, train: str | bytes, valid: str | bytes | None = None, test: str | bytes | None = None,
+                 names=("train.txt", "valid.txt", "test.txt")) -> Path:
+    """Write three split files into ``root`` (valid/test default to the train content)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, content in zip(names, (train, valid if valid is not None else train,
+                                     test if test is not None else train), strict=True):
+        path = root / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+    return root
+
+
+SMALL_TEXT = "".join(f"{w} sat on the {v} .\n" for w in ("the cat", "a dog", "my friend", "the old man")
+                     for v in ("mat", "red car", "small house"))
+
+
+@pytest.fixture
+def small_corpus(tmp_path) -> Path:
+    return write_corpus(tmp_path / "corpus", SMALL_TEXT)
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"  # see torch.set_num_threads(1) above
+    return env
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m textvae ARGS`` in a subprocess (the most faithful way to test exit codes and stderr)."""
+    return subprocess.run([sys.executable, "-m", "textvae", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=cli_env(), timeout=timeout)
+
+
+@pytest.fixture
+def cli_main(monkeypatch, capsys):
+    """Call ``textvae.cli.main`` in-process with the given argv; returns (exit code, stdout, stderr)."""
+    from textvae.cli import main
+
+    def call(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["textvae", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return call
+
+
+@pytest.fixture(scope="session")
+def debug_run(tmp_path_factory) -> SimpleNamespace:
+    """One end-to-end CLI training run on the `debug` recipe, shared by the CLI tests: ``.dir``, ``.stdout``."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    proc = run_cli("train", "debug", "train.max_steps=30", "eval.iw_samples=5", "--output-dir", run, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return SimpleNamespace(dir=run, stdout=proc.stdout, stderr=proc.stderr)

@@ -1,0 +1,40 @@
+"""`textvae study`: methods × seeds end to end on `debug`, and a rerun reuses finished runs."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+
+
+def test_study_runs_end_to_end_and_resumes(tmp_path):
+    out = tmp_path / "study"
+    args = ["study", "debug", "train.max_steps=12", "eval.iw_samples=3", "--methods", "vae,critic-self",
+            "--seeds", "2", "--output-dir", out]
+    proc = run_cli(*args, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    study = json.loads((out / "study.json").read_text())
+    assert set(study["summary"]) == {"vae", "critic-self"}
+    assert [len(study["runs"][m]) for m in ("vae", "critic-self")] == [2, 2]
+    for method in ("vae", "critic-self"):
+        row = study["summary"][method]
+        for key in ("nll", "ppl", "kl", "mi", "mi_batch", "au", "seconds_per_epoch"):
+            mean, std = row[key]
+            assert mean == mean and std >= 0
+    assert study["summary"]["vae"]["time_vs_vae"] == 1.0
+    md = (out / "study.md").read_text()
+    assert "| vae |" in md and "| critic-self |" in md and "time vs vae" in md
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # seeds differ, configs record method and seed
+    cfgs = [(out / m / f"seed-{s}" / "config.yaml").read_text() for m in ("vae", "critic-self") for s in (0, 1)]
+    assert "method: critic-self" in cfgs[2] and "seed: 1" in cfgs[3] and "type: self" in cfgs[2]
+    # rerun: finished runs are reused, not retrained
+    stamp = (out / "vae" / "seed-0" / "eval_test.json").stat().st_mtime_ns
+    proc = run_cli(*args, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "vae" / "seed-0" / "eval_test.json").stat().st_mtime_ns == stamp
+
+
+def test_study_rejects_unknown_method(tmp_path):
+    proc = run_cli("study", "debug", "--methods", "vae,critic-nope", "--output-dir", tmp_path / "s")
+    assert proc.returncode == 2 and "unknown method 'critic-nope'" in proc.stderr and "Traceback" not in proc.stderr
