@@ -106,3 +106,15 @@ def test_critic_mean_uses_the_posterior_mean():
     assert torch.equal(seen["z"], out.posterior.base_dist.loc)
     critic_term(spy, out, batch.input_ids, batch.attention_mask, CriticConfig(type="self", z="sample"))
     assert torch.equal(seen["z"], out.z)
+
+
+def test_default_encoder_init_gives_the_critic_a_signal():
+    batch = TextDataset(random_ids([5, 6, 7, 8, 5, 6], seed=4)).collate(list(range(6)))
+    spreads = {}
+    for init in ("uniform", "default"):
+        model = make_model(seed=0, encoder_init=init)
+        loc = model.encode(batch.input_ids, batch.attention_mask).base_dist.loc
+        spreads[init] = loc.std(0).mean().item()
+        # the decoder keeps He et al.'s initialisation either way
+        assert model.decoder.pred_linear.weight.abs().max() <= model.config.init_range
+    assert spreads["uniform"] < 1e-3 < 1e-2 < spreads["default"]

@@ -58,6 +58,7 @@ class ModelConfig:
     dec_dropout_out: float | None = None  # dropout on decoder LSTM outputs
     init_range: float | None = None  # uniform(-r, r) init for weights (He et al.: 0.01)
     emb_init_range: float | None = None  # uniform(-r, r) init for embeddings (He et al.: 0.1)
+    encoder_init: str | None = None  # uniform (He et al.'s ranges above) | default (PyTorch's init for the encoder)
 
 
 @dataclass
@@ -238,6 +239,7 @@ def validate(cfg: Config) -> Config:
         "critic.type": (cfg.critic.type, ("none", "self", "neural", "hybrid")),
         "critic.z": (cfg.critic.z, ("sample", "mean")),
         "critic.optimizer": (cfg.critic.optimizer, ("same", "adam")),
+        "model.encoder_init": (cfg.model.encoder_init or "uniform", ("uniform", "default")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

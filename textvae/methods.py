@@ -23,12 +23,16 @@ METHODS: dict[str, Method] = {
                   ("train.kl_start=1.0", "train.beta=1.0")),
     "vae-anneal": Method("VAE with linear KL warm-up from 0.1 over 10 epochs (Bowman et al. 2016; He et al. 2019)",
                          ("train.kl_start=0.1", "train.kl_warmup_epochs=10")),
-    "critic-self": Method("VAE + self critic S[i,j] = log q(z_i|x_j), InfoNCE weight 1 (Menon et al. 2022)",
-                          ("critic.type=self",)),
-    "critic-neural": Method("VAE + neural critic (own LSTM x-encoder, cosine/τ), InfoNCE weight 1 (Menon et al. 2022)",
-                            ("critic.type=neural",)),
-    "critic-hybrid": Method("VAE + hybrid critic sharing the inference embedding (Menon et al. 2022)",
-                            ("critic.type=hybrid",)),
+    # Critics: λ must exceed 1 (InfoNCE ≥ log B − I while KL ≥ I, so λ ≤ 1 never pays for information on
+    # its own), and the encoder needs PyTorch's init (under U(±0.01) the posterior mean ignores x).
+    "critic-self": Method("VAE + self critic S[i,j] = log q(z_i|x_j), λ = 2 (Menon et al. 2022)",
+                          ("critic.type=self", "critic.weight=2", "model.encoder_init=default")),
+    "critic-neural": Method("VAE + neural critic (own LSTM x-encoder, cosine/τ, Adam), λ = 3 (Menon et al. 2022)",
+                            ("critic.type=neural", "critic.weight=3", "critic.optimizer=adam",
+                             "model.encoder_init=default")),
+    "critic-hybrid": Method("VAE + hybrid critic sharing the inference embedding, λ = 3 (Menon et al. 2022)",
+                            ("critic.type=hybrid", "critic.weight=3", "critic.optimizer=adam",
+                             "model.encoder_init=default")),
     "lm": Method("the same decoder with no latent variable (language-model baseline)", ("model.latent_dim=0",)),
 }
 

@@ -38,6 +38,7 @@ class ModelArgs:
     dec_dropout_out: float = 0.5
     init_range: float = 0.01
     emb_init_range: float = 0.1
+    encoder_init: str = "uniform"
     pad_id: int = 0
 
 
@@ -98,8 +99,17 @@ class TextVAE(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He et al.'s initialisation: U(±0.01) for weights, U(±0.1) for embeddings."""
+        """He et al.'s initialisation: U(±0.01) for weights, U(±0.1) for embeddings.
+
+        With ``encoder_init="default"`` the encoder and posterior head keep PyTorch's
+        initialisation instead: under U(±0.01) the posterior mean does not vary with x
+        (its spread is ~1e-5) and the encoder's gradients vanish, so a critic has no
+        signal to start from (see README, "What we tried").
+        """
+        keep_default = ("encoder.", "posterior.") if self.config.encoder_init == "default" else ()
         for name, param in self.named_parameters():
+            if name.startswith(keep_default):
+                continue
             bound = self.config.emb_init_range if "embed" in name else self.config.init_range
             nn.init.uniform_(param, -bound, bound)
 
