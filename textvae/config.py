@@ -80,7 +80,7 @@ class TrainConfig:
     max_lr_decays: int = 5  # stop training after this many decays
     log_every_steps: int = 50  # training metrics line every N steps
     keep_checkpoints: int = 2  # last N checkpoints kept in checkpoints/
-    num_threads: int | None = None  # torch CPU threads (None: torch's default / OMP_NUM_THREADS)
+    num_threads: int | None = None  # torch CPU threads for the training loop (None: torch's default)
 
 
 @dataclass

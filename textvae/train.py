@@ -116,8 +116,9 @@ def fit(
     """
     run = Path(output_dir)
     prepare_run_dir(run, resume=resume, overwrite=overwrite)
+    default_threads = torch.get_num_threads()
     if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
+        torch.set_num_threads(cfg.train.num_threads)  # the training loop only; evaluation uses every core
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -229,6 +230,7 @@ def fit(
         state["rng"] = _rng_state()
         save_checkpoint(run, model, tokenizer, state, tc.keep_checkpoints)
 
+    torch.set_num_threads(default_threads)
     final_evaluation(run, cfg, datasets["test"], device, progress)
     plot_training_curves(run / "metrics.jsonl", run / "curves.png")
     return run
