@@ -105,7 +105,7 @@ class EvalConfig:
     iw_samples: int = 500  # K for the importance-weighted NLL (DESIGN.md §4)
     batch_size: int = 32  # sequences per evaluation batch
     mi_batch_size: int = 32  # He et al.'s per-batch MI estimator uses batches of 32
-    max_chunk_logits: int = 8_000_000  # IW-NLL decodes samples in chunks of at most this many logits (cache-sized)
+    max_chunk_logits: int = 64_000_000  # IW-NLL decodes samples in chunks of at most this many logits (memory)
     au_threshold: float = 0.01  # He et al.'s active-unit threshold on Var_x(E_q[z_d|x])
 
 
