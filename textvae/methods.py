@@ -27,11 +27,11 @@ METHODS: dict[str, Method] = {
     # its own), and the encoder needs PyTorch's init (under U(±0.01) the posterior mean ignores x).
     "critic-self": Method("VAE + self critic S[i,j] = log q(z_i|x_j), λ = 2 (Menon et al. 2022)",
                           ("critic.type=self", "critic.weight=2", "model.encoder_init=default")),
-    "critic-neural": Method("VAE + neural critic (own LSTM x-encoder, cosine/τ, Adam), λ = 3 (Menon et al. 2022)",
-                            ("critic.type=neural", "critic.weight=3", "critic.optimizer=adam",
+    "critic-neural": Method("VAE + neural critic (own LSTM x-encoder, cosine/τ, Adam), λ = 2 (Menon et al. 2022)",
+                            ("critic.type=neural", "critic.weight=2", "critic.optimizer=adam",
                              "model.encoder_init=default")),
-    "critic-hybrid": Method("VAE + hybrid critic sharing the inference embedding, λ = 3 (Menon et al. 2022)",
-                            ("critic.type=hybrid", "critic.weight=3", "critic.optimizer=adam",
+    "critic-hybrid": Method("VAE + hybrid critic sharing the inference embedding, λ = 2 (Menon et al. 2022)",
+                            ("critic.type=hybrid", "critic.weight=2", "critic.optimizer=adam",
                              "model.encoder_init=default")),
     "lm": Method("the same decoder with no latent variable (language-model baseline)", ("model.latent_dim=0",)),
 }
