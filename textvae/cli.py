@@ -62,12 +62,10 @@ def study(
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="study directory (reused to resume)"),
 ):
     """Train every method × seed under the same budget; write study.json, study.md and curves.png."""
-    from .study import run_study
+    from .study import run_study, to_markdown
 
     result = run_study(recipe, [m.strip() for m in methods.split(",") if m.strip()], seeds, overrides or [],
                        output_dir)
-    from .study import to_markdown
-
     typer.echo(to_markdown(result), nl=False)
 
 
