@@ -79,7 +79,7 @@ def _evaluate(model, dataset: TextDataset, cfg: EvalConfig, device, iw: bool, se
         if latent and iw:
             b, t = batch.input_ids.shape
             chunk = max(1, cfg.max_chunk_logits // (b * t * vocab))
-            log_w = iw_log_weights(model, batch.input_ids, batch.attention_mask, cfg.iw_samples, chunk)
+            log_w = iw_log_weights(model, batch.input_ids, batch.attention_mask, cfg.iw_samples, chunk, out.posterior)
             nll.append(iw_nll_from_log_weights(log_w).cpu())
         else:
             nll.append((out.rec + out.kl).cpu())

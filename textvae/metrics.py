@@ -19,12 +19,16 @@ from .modules.posterior import pairwise_log_prob
 
 
 @torch.no_grad()
-def iw_log_weights(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
+def iw_log_weights(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, chunk: int, posterior=None
+) -> torch.Tensor:
     """log p(x, z_k) − log q(z_k|x) for K posterior samples, decoded ``chunk`` samples at a time.
 
+    ``posterior``: q(z|x) if the caller has already encoded the batch (each sentence is encoded once).
     Shape: input_ids (B, T) → (K, B).
     """
-    posterior = model.encode(input_ids, attention_mask)  # encoded once
+    if posterior is None:
+        posterior = model.encode(input_ids, attention_mask)
     prior = model.prior()
     out = []
     for start in range(0, k, chunk):
