@@ -32,7 +32,7 @@ import torch
 
 from textvae.config import load_recipe
 from textvae.data import TextDataset
-from textvae.metrics import iw_log_weights
+from textvae.metrics import iw_chunk_size, iw_log_weights
 from textvae.model import TextVAE, resolve_model_args
 from textvae.objectives import negative_elbo
 from textvae.train import build_datasets, fit, make_optimizers
@@ -99,8 +99,7 @@ def speed(data: str, steps: int, repeats: int, sentences: int) -> dict:
         """Sentences/s of IW-NLL at K = 500; chunk None = as many samples as fit eval.max_chunk_logits."""
         t0 = time.perf_counter()
         for batch in test.batches(batch_size):
-            b, t = batch.input_ids.shape
-            k_chunk = chunk or max(1, cfg.eval.max_chunk_logits // (b * t * tok.vocab_size))
+            k_chunk = chunk or iw_chunk_size(cfg.eval.max_chunk_logits, *batch.input_ids.shape, tok.vocab_size)
             iw_log_weights(model, batch.input_ids, batch.attention_mask, 500, k_chunk)
         return len(test) / (time.perf_counter() - t0)
 

@@ -12,6 +12,7 @@ from .config import EvalConfig
 from .data import TextDataset
 from .metrics import (
     active_units,
+    iw_chunk_size,
     iw_log_weights,
     iw_nll_from_log_weights,
     mutual_information,
@@ -77,8 +78,7 @@ def _evaluate(model, dataset: TextDataset, cfg: EvalConfig, device, iw: bool, se
         rec.append(out.rec.cpu())
         kl.append(out.kl.cpu())
         if latent and iw:
-            b, t = batch.input_ids.shape
-            chunk = max(1, cfg.max_chunk_logits // (b * t * vocab))
+            chunk = iw_chunk_size(cfg.max_chunk_logits, *batch.input_ids.shape, vocab)
             log_w = iw_log_weights(model, batch.input_ids, batch.attention_mask, cfg.iw_samples, chunk, out.posterior)
             nll.append(iw_nll_from_log_weights(log_w).cpu())
         else:

@@ -38,6 +38,11 @@ def iw_log_weights(
     return torch.cat(out)
 
 
+def iw_chunk_size(max_logits: int, batch_size: int, length: int, vocab_size: int) -> int:
+    """Posterior samples decoded per call so that one call holds at most ``max_logits`` logits."""
+    return max(1, max_logits // (batch_size * length * vocab_size))
+
+
 def iw_nll_from_log_weights(log_w: torch.Tensor) -> torch.Tensor:
     """−log (1/K) Σ_k w_k. Shape: (K, B) → (B,)."""
     return -(torch.logsumexp(log_w, dim=0) - math.log(log_w.size(0)))
