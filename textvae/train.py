@@ -107,6 +107,37 @@ def _lr_schedule(state: dict, val_loss: float, cfg: TrainConfig) -> bool:
     return False
 
 
+def train_step(model, critic, batch, cfg: Config, kl_w: float, critic_w: float, optimizer, critic_optimizer,
+               critic_params) -> dict[str, float]:
+    """One update on ``rec + kl_w · KL (+ critic_w · InfoNCE)``; returns the batch's sums for logging.
+
+    Sums (not means) of loss, rec, kl, critic_loss, critic_acc, critic_mi_bound over the
+    batch's sequences, and n. The critic's own parameters are clipped separately and,
+    with ``critic.optimizer=adam``, stepped by their own optimiser.
+    """
+    out = model(batch.input_ids, batch.attention_mask)
+    loss = negative_elbo(out, kl_w)
+    b = batch.input_ids.size(0)
+    sums = {"rec": float(out.rec.detach().sum()), "kl": float(out.kl.detach().sum()), "n": b}
+    if critic is not None:
+        c_loss, c_acc, c_bound = critic_term(critic, out, batch.input_ids, batch.attention_mask, cfg.critic)
+        loss = loss + critic_w * c_loss
+        sums.update(critic_loss=float(c_loss.detach()) * b, critic_acc=float(c_acc) * b,
+                    critic_mi_bound=float(c_bound) * b)
+    sums["loss"] = float(loss.detach()) * b
+    optimizer.zero_grad(set_to_none=True)
+    if critic_optimizer is not None:
+        critic_optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    optimizer.step()
+    if critic_params:
+        torch.nn.utils.clip_grad_norm_(critic_params, cfg.train.grad_clip)
+    if critic_optimizer is not None:
+        critic_optimizer.step()
+    return sums
+
+
 def fit(
     cfg: Config, output_dir: str | Path, resume: bool = False, overwrite: bool = False, progress: bool = True
 ) -> Path:
@@ -164,32 +195,13 @@ def fit(
         for batch in bar:
             batch = batch.to(device)
             weight = kl_weight(state["step"], steps_per_epoch, tc)
-            out = model(batch.input_ids, batch.attention_mask)
-            loss = negative_elbo(out, weight)
-            b = batch.input_ids.size(0)
-            if critic is not None:
-                c_loss, c_acc, c_bound = critic_term(critic, out, batch.input_ids, batch.attention_mask, cfg.critic)
-                loss = loss + critic_weight(state["step"], cfg.critic) * c_loss
-                sums["critic_loss"] += float(c_loss.detach()) * b
-                sums["critic_acc"] += float(c_acc) * b
-                sums["critic_mi_bound"] += float(c_bound) * b
-            optimizer.zero_grad(set_to_none=True)
-            if critic_optimizer is not None:
-                critic_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            if critic_params:
-                torch.nn.utils.clip_grad_norm_(critic_params, tc.grad_clip)
-            if critic_optimizer is not None:
-                critic_optimizer.step()
+            batch_sums = train_step(model, critic, batch, cfg, weight, critic_weight(state["step"], cfg.critic),
+                                    optimizer, critic_optimizer, critic_params)
+            for key, value in batch_sums.items():
+                sums[key] += value
             state["step"] += 1
             state["batch_in_epoch"] += 1
             tokens += batch.num_predicted_tokens
-            sums["loss"] += float(loss.detach()) * b
-            sums["rec"] += float(out.rec.detach().sum())
-            sums["kl"] += float(out.kl.detach().sum())
-            sums["n"] += b
             if state["step"] % tc.log_every_steps == 0:
                 n = sums["n"]
                 record = {"split": "train", "step": state["step"], "epoch": state["epoch"] + 1,
