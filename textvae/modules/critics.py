@@ -45,7 +45,13 @@ def info_nce(scores: torch.Tensor, symmetric: bool = False) -> tuple[torch.Tenso
 
 
 class SelfCritic(nn.Module):
-    """``S[i, j] = log q(z_i | x_j)``: the inference network is its own critic."""
+    """``S[i, j] = log q(z_i | x_j)``: the inference network is its own critic.
+
+    Its InfoNCE is ``log B − [log q(z_i|x_i) − log q̂_B(z_i)]`` with q̂_B the batch's
+    aggregate posterior: log B minus a minibatch estimate of I(x; z) itself. Since
+    E[KL(q(z|x) ‖ p)] = I + KL(q(z) ‖ p), the objective −ELBO + λ·CE is about
+    rec + (1 − λ)·I + KL(q(z) ‖ p): λ − 1 is the net reward per nat of information.
+    """
 
     def forward(self, z: torch.Tensor, posterior: Independent, input_ids=None, attention_mask=None) -> torch.Tensor:
         """Shape: z (B, D) → (B, B)."""
