@@ -119,6 +119,8 @@ def test_unknown_recipe_suggests_the_nearest():
     ("tokenizer.type=chars", r"bad value for 'tokenizer.type'"),
     ("train.max_steps", r"override 'train.max_steps' is not of the form key=value"),
     ("method=vea", r"unknown method 'vea' \(did you mean 'vae'\?\)"),
+    ("model.word_dropout=1.5", r"bad value for 'model.word_dropout': 1.5"),
+    ("model.bn_gamma=-0.1", r"bad value for 'model.bn_gamma': -0.1"),
 ])
 def test_bad_overrides_raise_one_line_naming_the_key(override, pattern):
     with pytest.raises(TextVAEError, match=pattern) as info:

@@ -11,6 +11,7 @@ the key or file, which the CLI turns into exit code 2.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -59,6 +60,8 @@ class ModelConfig:
     init_range: float | None = None  # uniform(-r, r) init for weights (He et al.: 0.01)
     emb_init_range: float | None = None  # uniform(-r, r) init for embeddings (He et al.: 0.1)
     encoder_init: str | None = None  # uniform (He et al.'s ranges above) | default (PyTorch's init for the encoder)
+    bn_gamma: float | None = None  # BN-VAE: batch-normalise μ with this fixed scale γ and a learnt shift (0 = off)
+    word_dropout: float | None = None  # probability of replacing a decoder input word by <unk> in training (0 = off)
 
 
 @dataclass
@@ -255,4 +258,11 @@ def validate(cfg: Config) -> Config:
             raise TextVAEError(f"bad value for '{key}': {value} (must be >= 1)")
     if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
         raise TextVAEError(f"bad value for 'train.max_steps': {cfg.train.max_steps} (must be >= 1)")
+    ranges = {  # key: (value, low, high), inclusive
+        "model.bn_gamma": (cfg.model.bn_gamma or 0.0, 0.0, math.inf),
+        "model.word_dropout": (cfg.model.word_dropout or 0.0, 0.0, 1.0),
+    }
+    for key, (value, low, high) in ranges.items():
+        if not low <= value <= high:
+            raise TextVAEError(f"bad value for '{key}': {value} (must be in [{low:g}, {high:g}])")
     return cfg

@@ -21,6 +21,7 @@ from .config import ModelConfig, TextVAEError
 from .modules.decoders import DECODERS
 from .modules.encoders import ENCODERS
 from .modules.posterior import GaussianPosterior, standard_normal
+from .tokenization import BOS_ID, EOS_ID, UNK_ID
 
 
 @dataclass
@@ -39,6 +40,8 @@ class ModelArgs:
     init_range: float = 0.01
     emb_init_range: float = 0.1
     encoder_init: str = "uniform"
+    bn_gamma: float = 0.0  # BN-VAE's fixed scale on batch-normalised μ (0 = no BN)
+    word_dropout: float = 0.0  # probability of replacing a decoder input word by <unk> in training
     pad_id: int = 0
 
 
@@ -90,11 +93,12 @@ class TextVAE(nn.Module):
         c = config
         if c.latent_dim > 0:
             self.encoder = ENCODERS[c.encoder](c.vocab_size, c.embed_dim, c.enc_hidden_dim, pad_id=c.pad_id)
-            self.posterior = GaussianPosterior(self.encoder.output_dim, c.latent_dim)
+            self.posterior = GaussianPosterior(self.encoder.output_dim, c.latent_dim, c.bn_gamma)
         else:
             self.encoder = self.posterior = None
         self.decoder = DECODERS[c.decoder](
-            c.vocab_size, c.embed_dim, c.dec_hidden_dim, c.latent_dim, c.dec_dropout_in, c.dec_dropout_out, c.pad_id
+            c.vocab_size, c.embed_dim, c.dec_hidden_dim, c.latent_dim, c.dec_dropout_in, c.dec_dropout_out, c.pad_id,
+            word_dropout_p=c.word_dropout, unk_id=UNK_ID, keep_ids=(c.pad_id, BOS_ID, EOS_ID),
         )
         self.reset_parameters()
 
@@ -112,6 +116,8 @@ class TextVAE(nn.Module):
                 continue
             bound = self.config.emb_init_range if "embed" in name else self.config.init_range
             nn.init.uniform_(param, -bound, bound)
+        if self.posterior is not None and self.posterior.mu_bn is not None:
+            self.posterior.reset_bn()
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
