@@ -119,6 +119,13 @@ def test_unknown_recipe_suggests_the_nearest():
     ("tokenizer.type=chars", r"bad value for 'tokenizer.type'"),
     ("train.max_steps", r"override 'train.max_steps' is not of the form key=value"),
     ("method=vea", r"unknown method 'vea' \(did you mean 'vae'\?\)"),
+    ("train.kl_schedule=cosine", r"bad value for 'train.kl_schedule': 'cosine'"),
+    ("train.free_bits_mode=per_dim", r"bad value for 'train.free_bits_mode': 'per_dim'"),
+    ("train.free_bits=-0.5", r"bad value for 'train.free_bits': -0.5"),
+    ("train.beta=-1", r"bad value for 'train.beta': -1"),
+    ("train.kl_ratio_zero=1.5", r"bad value for 'train.kl_ratio_zero': 1.5"),
+    ("train.kl_ratio_increase=0", r"bad value for 'train.kl_ratio_increase': 0"),
+    ("train.kl_n_cycles=0", r"bad value for 'train.kl_n_cycles': 0"),
     ("model.word_dropout=1.5", r"bad value for 'model.word_dropout': 1.5"),
     ("model.bn_gamma=-0.1", r"bad value for 'model.bn_gamma': -0.1"),
 ])
@@ -157,3 +164,11 @@ def test_fingerprint_override_from_the_command_line_is_checked_or_rejected(tmp_p
         return
     with pytest.raises(TextVAEError, match="fingerprint mismatch"):
         load_texts(cfg.data)
+
+
+def test_cyclical_ramp_must_end_inside_its_cycle():
+    with pytest.raises(TextVAEError, match=r"'train.kl_ratio_increase': 0.5 \(must be > 0 and at most "
+                                           r"1 - train.kl_ratio_zero = 0.25\)"):
+        load_recipe("debug", ["train.kl_ratio_zero=0.75", "train.kl_ratio_increase=0.5"])
+    cfg = load_recipe("debug", ["train.kl_ratio_zero=0.3", "train.kl_ratio_increase=0.7"])  # exactly fills it
+    assert (cfg.train.kl_ratio_zero, cfg.train.kl_ratio_increase) == (0.3, 0.7)

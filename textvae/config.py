@@ -74,9 +74,15 @@ class TrainConfig:
     grad_clip: float = 5.0  # max global grad norm
     max_epochs: int = 100
     max_steps: int | None = None  # stop after this many optimizer steps (None: no limit)
-    kl_start: float = 1.0  # KL weight at step 0 (1.0 = no warm-up)
-    kl_warmup_epochs: float = 10.0  # epochs for the weight to rise by 1.0 (He et al.'s linear schedule)
+    kl_schedule: str = "linear"  # linear (warm-up from kl_start) | cyclical (Fu et al. 2019)
+    kl_start: float = 1.0  # linear: KL weight at step 0 (1.0 = no warm-up)
+    kl_warmup_epochs: float = 10.0  # linear: epochs for the weight to rise by 1.0 (He et al.'s linear schedule)
+    kl_n_cycles: int = 4  # cyclical: cycles over the run's steps (min of max_steps, max_epochs × batches)
+    kl_ratio_zero: float = 0.0  # cyclical: fraction of each cycle held at weight 0 first
+    kl_ratio_increase: float = 0.5  # cyclical: fraction of each cycle over which the weight then rises 0 → 1
     beta: float = 1.0  # constant multiplier on the (annealed) KL term
+    free_bits: float = 0.0  # λ in nats per latent dimension (0 = off); see free_bits_mode
+    free_bits_mode: str = "batch_dim"  # batch_dim (Kingma 2016) | example_dim | example_total (Li 2019 --fb 2 | 1)
     lr_decay_factor: float = 0.5  # He et al.: halve the lr ...
     lr_decay_patience_epochs: int = 2  # ... after this many epochs without validation improvement ...
     lr_decay_min_epoch: int = 15  # ... but never before this epoch, reloading the best model
@@ -243,6 +249,8 @@ def validate(cfg: Config) -> Config:
         "critic.z": (cfg.critic.z, ("sample", "mean")),
         "critic.optimizer": (cfg.critic.optimizer, ("same", "adam")),
         "model.encoder_init": (cfg.model.encoder_init or "uniform", ("uniform", "default")),
+        "train.kl_schedule": (cfg.train.kl_schedule, ("linear", "cyclical")),
+        "train.free_bits_mode": (cfg.train.free_bits_mode, ("batch_dim", "example_dim", "example_total")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -252,6 +260,7 @@ def validate(cfg: Config) -> Config:
         "eval.iw_samples": cfg.eval.iw_samples,
         "eval.batch_size": cfg.eval.batch_size,
         "train.max_epochs": cfg.train.max_epochs,
+        "train.kl_n_cycles": cfg.train.kl_n_cycles,
     }
     for key, value in positive.items():
         if value < 1:
@@ -259,10 +268,17 @@ def validate(cfg: Config) -> Config:
     if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
         raise TextVAEError(f"bad value for 'train.max_steps': {cfg.train.max_steps} (must be >= 1)")
     ranges = {  # key: (value, low, high), inclusive
+        "train.beta": (cfg.train.beta, 0.0, math.inf),
+        "train.free_bits": (cfg.train.free_bits, 0.0, math.inf),
+        "train.kl_ratio_zero": (cfg.train.kl_ratio_zero, 0.0, 1.0),
         "model.bn_gamma": (cfg.model.bn_gamma or 0.0, 0.0, math.inf),
         "model.word_dropout": (cfg.model.word_dropout or 0.0, 0.0, 1.0),
     }
     for key, (value, low, high) in ranges.items():
         if not low <= value <= high:
             raise TextVAEError(f"bad value for '{key}': {value} (must be in [{low:g}, {high:g}])")
+    rise, zero = cfg.train.kl_ratio_increase, cfg.train.kl_ratio_zero
+    if not 0.0 < rise <= 1.0 - zero + 1e-9:  # the ramp must end inside its cycle
+        raise TextVAEError(f"bad value for 'train.kl_ratio_increase': {rise} "
+                           f"(must be > 0 and at most 1 - train.kl_ratio_zero = {1.0 - zero:g})")
     return cfg

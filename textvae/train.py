@@ -112,11 +112,12 @@ def train_step(model, critic, batch, cfg: Config, kl_w: float, critic_w: float, 
     """One update on ``rec + kl_w · KL (+ critic_w · InfoNCE)``; returns the batch's sums for logging.
 
     Sums (not means) of loss, rec, kl, critic_loss, critic_acc, critic_mi_bound over the
-    batch's sequences, and n. The critic's own parameters are clipped separately and,
-    with ``critic.optimizer=adam``, stepped by their own optimiser.
+    batch's sequences, and n. The KL term follows ``train.free_bits`` (the logged ``kl`` is
+    the true KL). The critic's own parameters are clipped separately and, with
+    ``critic.optimizer=adam``, stepped by their own optimiser.
     """
     out = model(batch.input_ids, batch.attention_mask)
-    loss = negative_elbo(out, kl_w)
+    loss = negative_elbo(out, kl_w, cfg.train.free_bits, cfg.train.free_bits_mode)
     b = batch.input_ids.size(0)
     sums = {"rec": float(out.rec.detach().sum()), "kl": float(out.kl.detach().sum()), "n": b}
     if critic is not None:
