@@ -83,9 +83,13 @@ class TrainConfig:
     beta: float = 1.0  # constant multiplier on the (annealed) KL term
     free_bits: float = 0.0  # λ in nats per latent dimension (0 = off); see free_bits_mode
     free_bits_mode: str = "batch_dim"  # batch_dim (Kingma 2016) | example_dim | example_total (Li 2019 --fb 2 | 1)
+    aggressive: bool = False  # He et al. 2019: encoder-only inner loop before each step, until valid mi_batch falls
+    aggressive_max_encoder_steps: int = 99  # inner-loop cap (He et al.: `while sub_iter < 100`)
+    aggressive_check_every_steps: int = 15  # inner loop stops when the mean loss of this many steps stops falling
+    ae_epochs: int = 0  # Li et al. 2019: epochs of autoencoder (β = 0) training first, part of max_epochs (0 = off)
     lr_decay_factor: float = 0.5  # He et al.: halve the lr ...
     lr_decay_patience_epochs: int = 2  # ... after this many epochs without validation improvement ...
-    lr_decay_min_epoch: int = 15  # ... but never before this epoch, reloading the best model
+    lr_decay_min_epoch: int = 15  # ... but never before this epoch (of the VAE stage), reloading the best model
     max_lr_decays: int = 5  # stop training after this many decays
     log_every_steps: int = 50  # training metrics line every N steps
     keep_checkpoints: int = 2  # last N checkpoints kept in checkpoints/
@@ -261,6 +265,8 @@ def validate(cfg: Config) -> Config:
         "eval.batch_size": cfg.eval.batch_size,
         "train.max_epochs": cfg.train.max_epochs,
         "train.kl_n_cycles": cfg.train.kl_n_cycles,
+        "train.aggressive_max_encoder_steps": cfg.train.aggressive_max_encoder_steps,
+        "train.aggressive_check_every_steps": cfg.train.aggressive_check_every_steps,
     }
     for key, value in positive.items():
         if value < 1:
@@ -270,6 +276,7 @@ def validate(cfg: Config) -> Config:
     ranges = {  # key: (value, low, high), inclusive
         "train.beta": (cfg.train.beta, 0.0, math.inf),
         "train.free_bits": (cfg.train.free_bits, 0.0, math.inf),
+        "train.ae_epochs": (cfg.train.ae_epochs, 0, math.inf),
         "train.kl_ratio_zero": (cfg.train.kl_ratio_zero, 0.0, 1.0),
         "model.bn_gamma": (cfg.model.bn_gamma or 0.0, 0.0, math.inf),
         "model.word_dropout": (cfg.model.word_dropout or 0.0, 0.0, 1.0),

@@ -102,22 +102,27 @@ class TextVAE(nn.Module):
         )
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, only: str | None = None) -> None:
         """He et al.'s initialisation: U(±0.01) for weights, U(±0.1) for embeddings.
 
         With ``encoder_init="default"`` the encoder and posterior head keep PyTorch's
         initialisation instead: under U(±0.01) the posterior mean does not vary with x
         (its spread is ~1e-5) and the encoder's gradients vanish, so a critic has no
-        signal to start from (see README, "What we tried").
+        signal to start from (see README, "What we tried"). ``only="decoder"``
+        re-initialises the decoder alone (Li et al. 2019's ``--reset_dec``).
         """
         keep_default = ("encoder.", "posterior.") if self.config.encoder_init == "default" else ()
         for name, param in self.named_parameters():
-            if name.startswith(keep_default):
+            if name.startswith(keep_default) or (only is not None and not name.startswith(only + ".")):
                 continue
             bound = self.config.emb_init_range if "embed" in name else self.config.init_range
             nn.init.uniform_(param, -bound, bound)
-        if self.posterior is not None and self.posterior.mu_bn is not None:
+        if self.posterior is not None and self.posterior.mu_bn is not None and only is None:
             self.posterior.reset_bn()
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The inference network: encoder and posterior head (He et al.'s ``vae.encoder``)."""
+        return [] if self.encoder is None else [*self.encoder.parameters(), *self.posterior.parameters()]
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
