@@ -112,8 +112,7 @@ def scripted_mi(monkeypatch):
     return seen
 
 
-AGGRESSIVE = ["train.aggressive=true", "train.kl_start=0.1", "train.max_epochs=5", "train.aggressive_max_encoder_steps=4",
-              "train.aggressive_check_every_steps=2"]
+AGGRESSIVE = ["method=aggressive", "train.max_epochs=5", "train.aggressive_max_encoder_steps=4", "train.aggressive_check_every_steps=2"]
 
 
 def test_aggressive_run_logs_its_switch_off_and_the_flag_survives_resume(tmp_path, scripted_mi):
@@ -145,9 +144,6 @@ def test_aggressive_run_logs_its_switch_off_and_the_flag_survives_resume(tmp_pat
 
 # --- AE pretraining, then free bits (Li et al. 2019) ----------------------------------------------
 
-AE_FB = ["train.ae_epochs=1", "train.free_bits=0.25", "train.free_bits_mode=example_dim", "train.kl_start=0.0",
-         "train.kl_warmup_epochs=10"]
-
 
 def test_ae_fb_reinitialises_the_decoder_and_keeps_the_encoder_at_the_stage_boundary(tmp_path, monkeypatch):
     calls, current = [], [tmp_path / "run"]
@@ -161,7 +157,7 @@ def test_ae_fb_reinitialises_the_decoder_and_keeps_the_encoder_at_the_stage_boun
         calls.append((state["step"], before, {k: v.clone() for k, v in model.state_dict().items()}))
 
     monkeypatch.setattr(train_module, "begin_vae_stage", spy)
-    cfg = load_recipe("debug", FAST + [*AE_FB, "train.max_steps=6"])
+    cfg = load_recipe("debug", FAST + ["method=ae-fb", "train.ae_epochs=1", "train.max_steps=6"])
     run = fit(cfg, tmp_path / "run", progress=False)
     [(step, before, after)] = calls
     assert step == 4  # after the one AE epoch
@@ -181,7 +177,7 @@ def test_ae_fb_reinitialises_the_decoder_and_keeps_the_encoder_at_the_stage_boun
     assert (state["stage"], state["stage_start_step"], state["stage_start_epoch"]) == ("vae", 4, 1)
     # interrupted right at the boundary and resumed: the stage is in the trainer state, so the decoder is
     # not re-initialised a second time and the run is the same as the uninterrupted one
-    short = load_recipe("debug", FAST + [*AE_FB, "train.max_steps=4"])
+    short = load_recipe("debug", FAST + ["method=ae-fb", "train.ae_epochs=1", "train.max_steps=4"])
     current[0] = tmp_path / "resumed"
     fit(short, tmp_path / "resumed", progress=False)
     fit(cfg, tmp_path / "resumed", resume=True, progress=False)
