@@ -30,7 +30,7 @@ def cyclical_weight(step: int, total_steps: float, n_cycles: int, ratio_increase
     """Fu et al. (2019)'s cyclical annealing, with the zero phase of Li et al. (2020, Optimus).
 
     The ``total_steps`` are cut into ``n_cycles`` periods of P = total / n_cycles steps
-    (Fu et al. eq. 6–7: β_t = f(τ) for τ ≤ R, 1 after, with τ the position in the cycle).
+    (Fu et al.: β_t = f(τ) for τ ≤ R and 1 after, with τ ∈ [0, 1) the position in the cycle).
     Within a cycle, at step i counted from its start (cycle c starts at ⌊c·P⌋, as in the
     authors' ``frange_cycle_zero_linear``): β = 0 while i < P·ratio_zero, then rises by
     1 / (P·ratio_increase) per step from 0 at i₀ = ⌈P·ratio_zero⌉, and stays at 1 until

@@ -7,7 +7,7 @@ from torch import nn
 
 
 def word_dropout(input_ids: torch.Tensor, p: float, unk_id: int, keep_ids: tuple[int, ...]) -> torch.Tensor:
-    """Bowman et al. (2016, §3.1 "word dropout"): each input word becomes ``unk_id`` with probability p.
+    """Bowman et al. (2016)'s word dropout: each input word becomes ``unk_id`` with probability p.
 
     Tokens in ``keep_ids`` (padding, ``<s>``, ``</s>``) are never replaced, so the decoder
     still knows where a sequence starts and ends. Shape: (N, T) → (N, T).
