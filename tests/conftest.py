@@ -79,6 +79,19 @@ def tiny_dataset() -> TextDataset:
     return TextDataset(random_ids([3, 10, 5, 7, 4, 9, 6, 8, 3, 10, 5, 7], seed=3))
 
 
+def assert_same_final_weights(run_a: Path, run_b: Path) -> None:
+    """The last checkpoints of two run directories hold the same weights (e.g. resumed vs uninterrupted)."""
+    from safetensors.torch import load_file
+
+    from textvae.checkpoint import latest_checkpoint
+
+    a = load_file(str(latest_checkpoint(run_a) / "model.safetensors"))
+    b = load_file(str(latest_checkpoint(run_b) / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
+
+
 def write_corpus(root: Path, train: str | bytes, valid: str | bytes | None = None, test: str | bytes | None = None,
                  names=("train.txt", "valid.txt", "test.txt")) -> Path:
     """Write three split files into ``root`` (valid/test default to the train content)."""

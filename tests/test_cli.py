@@ -15,7 +15,7 @@ import pytest
 from conftest import DEBUG_DIR, SMALL_TEXT, run_cli, write_corpus
 
 from textvae.config import list_recipes, recipe_path
-from textvae.methods import METHODS
+from textvae.methods import METHODS, method_table
 from textvae.tracking import read_metrics
 
 EVAL_KEYS = {"nll", "nll_stderr", "ppl", "elbo", "rec", "kl", "mi", "mi_ceiling", "mi_batch", "au", "iw_samples",
@@ -119,9 +119,9 @@ def test_methods_list(cli_main):
     code, out, _ = cli_main("methods", "list")
     assert code == 0
     rows = out.strip().splitlines()
-    assert [row.split()[0] for row in rows] == list(METHODS)
-    for row, method in zip(rows, METHODS.values(), strict=True):
-        assert row.endswith(method.description)
+    assert [row.split()[0] for row in rows] == [*METHODS, "beta-<b>"]
+    for row, (name, description, citation) in zip(rows, method_table(), strict=True):
+        assert row.startswith(name) and row.endswith(f"  {description} [{citation}]")
 
 
 def _check_synthetic(folder, num_train, num_test):

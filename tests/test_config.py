@@ -119,6 +119,23 @@ def test_unknown_recipe_suggests_the_nearest():
     ("tokenizer.type=chars", r"bad value for 'tokenizer.type'"),
     ("train.max_steps", r"override 'train.max_steps' is not of the form key=value"),
     ("method=vea", r"unknown method 'vea' \(did you mean 'vae'\?\)"),
+    ("method=free-bit", r"unknown method 'free-bit' \(did you mean 'free-bits'\?\)"),
+    ("method=betta-0.4", r"unknown method 'betta-0.4' \(did you mean 'beta-<b>'\?\)"),
+    ("method=beta-abc", r"method 'beta-abc': 'abc' is not a number \(e.g. beta-0.4\)"),
+    ("method=beta-", r"method 'beta-': '' is not a number"),
+    ("method=beta--0.4", r"method 'beta--0.4': β must be a finite number >= 0"),
+    ("method=beta-nan", r"method 'beta-nan': β must be a finite number >= 0"),
+    ("method=beta-inf", r"method 'beta-inf': β must be a finite number >= 0"),
+    ("train.kl_schedule=cosine", r"bad value for 'train.kl_schedule': 'cosine'"),
+    ("train.free_bits_mode=per_dim", r"bad value for 'train.free_bits_mode': 'per_dim'"),
+    ("train.free_bits=-0.5", r"bad value for 'train.free_bits': -0.5"),
+    ("train.beta=-1", r"bad value for 'train.beta': -1"),
+    ("train.kl_ratio_zero=1.5", r"bad value for 'train.kl_ratio_zero': 1.5"),
+    ("train.kl_ratio_increase=0", r"bad value for 'train.kl_ratio_increase': 0"),
+    ("train.kl_n_cycles=0", r"bad value for 'train.kl_n_cycles': 0"),
+    ("train.aggressive_check_every_steps=0", r"bad value for 'train.aggressive_check_every_steps': 0"),
+    ("model.word_dropout=1.5", r"bad value for 'model.word_dropout': 1.5"),
+    ("model.bn_gamma=-0.1", r"bad value for 'model.bn_gamma': -0.1"),
 ])
 def test_bad_overrides_raise_one_line_naming_the_key(override, pattern):
     with pytest.raises(TextVAEError, match=pattern) as info:
@@ -155,3 +172,11 @@ def test_fingerprint_override_from_the_command_line_is_checked_or_rejected(tmp_p
         return
     with pytest.raises(TextVAEError, match="fingerprint mismatch"):
         load_texts(cfg.data)
+
+
+def test_cyclical_ramp_must_end_inside_its_cycle():
+    with pytest.raises(TextVAEError, match=r"'train.kl_ratio_increase': 0.5 \(must be > 0 and at most "
+                                           r"1 - train.kl_ratio_zero = 0.25\)"):
+        load_recipe("debug", ["train.kl_ratio_zero=0.75", "train.kl_ratio_increase=0.5"])
+    cfg = load_recipe("debug", ["train.kl_ratio_zero=0.3", "train.kl_ratio_increase=0.7"])  # exactly fills it
+    assert (cfg.train.kl_ratio_zero, cfg.train.kl_ratio_increase) == (0.3, 0.7)

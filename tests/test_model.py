@@ -13,6 +13,7 @@ from textvae.checkpoint import load_model_dir, save_model_dir
 from textvae.config import ModelConfig, TextVAEError, TokenizerConfig
 from textvae.data import TextDataset
 from textvae.model import PRESETS, ModelArgs, TextVAE, resolve_model_args
+from textvae.modules.decoders import word_dropout
 from textvae.tokenization import train_tokenizer
 
 
@@ -202,3 +203,77 @@ def test_model_args_roundtrip_through_config_json(tmp_path):
     model = make_model(latent_dim=3, dec_dropout_in=0.25)
     model.save_pretrained(tmp_path)
     assert ModelArgs(**json.loads((tmp_path / "config.json").read_text())) == model.config
+
+
+# --- BN-VAE (Zhu et al. 2020) ---------------------------------------------------------------------
+
+
+def test_bn_keeps_the_batch_mean_of_mu_at_the_shift_and_its_variance_at_gamma_squared(tmp_path):
+    gamma = 0.7
+    model = make_model(seed=3, bn_gamma=gamma, init_range=2.0, emb_init_range=2.0).train()  # Var μ ≫ eps
+    bn = model.posterior.mu_bn
+    assert not bn.weight.requires_grad and torch.equal(bn.weight, torch.full((4,), gamma))  # γ fixed
+    assert bn.bias.requires_grad and torch.equal(bn.bias, torch.zeros(4))  # the shift learns, from 0
+    with torch.no_grad():
+        bn.bias.copy_(torch.tensor([0.3, -0.2, 0.0, 1.0]))  # as if learnt
+    batch = TextDataset(random_ids([3, 9, 5, 7, 4, 8, 6, 10], seed=4)).collate(list(range(8)))
+    mu = model.encode(batch.input_ids, batch.attention_mask).base_dist.loc  # (8, 4)
+    torch.testing.assert_close(mu.mean(0), bn.bias.detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(mu.var(0, unbiased=False), torch.full((4,), gamma**2), atol=1e-4, rtol=0)
+    raw = model.posterior.linear(model.encoder(batch.input_ids, batch.attention_mask))[:, :4]
+    assert raw.var(0, unbiased=False).sub(gamma**2).abs().max() > 0.1  # without BN the variance is elsewhere
+    # a step of training moves the shift but never γ
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(batch.input_ids, batch.attention_mask).kl.mean().backward()
+    opt.step()
+    assert torch.equal(bn.weight, torch.full((4,), gamma)) and bn.weight.grad is None
+    assert not torch.equal(bn.bias, torch.tensor([0.3, -0.2, 0.0, 1.0]))
+    # evaluation uses the running statistics (as BN-VAE's nn.BatchNorm1d does), saved with the model
+    model.eval()
+    with torch.no_grad():
+        raw = model.posterior.linear(model.encoder(batch.input_ids, batch.attention_mask))[:, :4]
+        mu_eval = model.encode(batch.input_ids, batch.attention_mask).base_dist.loc
+        expected = (raw - bn.running_mean) / (bn.running_var + bn.eps).sqrt() * gamma + bn.bias
+        torch.testing.assert_close(mu_eval, expected)
+        one = model.train().encode(batch.input_ids[:1], batch.attention_mask[:1]).base_dist.loc  # B = 1 trains
+        torch.testing.assert_close(one, mu_eval[:1])
+    model.eval().save_pretrained(tmp_path / "bn")
+    loaded = TextVAE.from_pretrained(tmp_path / "bn").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(batch.input_ids, batch.attention_mask).base_dist.loc, mu_eval)
+
+
+# --- word dropout (Bowman et al. 2016) --------------------------------------------------------------
+
+
+def test_word_dropout_never_replaces_specials_or_padding():
+    pad, bos, eos, unk = 0, 1, 2, 3
+    ids = torch.tensor([[bos, 5, 6, 7, eos, pad, pad], [bos, 8, 9, 10, 11, 12, eos]])
+    assert word_dropout(ids, 1.0, unk, (pad, bos, eos)).tolist() == [
+        [bos, unk, unk, unk, eos, pad, pad], [bos, unk, unk, unk, unk, unk, eos]]
+    assert torch.equal(word_dropout(ids, 0.0, unk, (pad, bos, eos)), ids)
+    torch.manual_seed(0)
+    many = torch.randint(0, 30, (200, 50))
+    dropped = word_dropout(many, 0.3, unk, (pad, bos, eos))
+    special = torch.isin(many, torch.tensor([pad, bos, eos]))
+    assert torch.equal(dropped[special], many[special])
+    changed = (dropped != many)[~special & (many != unk)].float().mean()
+    assert 0.25 < changed < 0.35  # each ordinary word with probability p
+    assert (dropped[dropped != many] == unk).all()
+
+
+def test_word_dropout_applies_in_training_only(padded_batch):
+    _, batch = padded_batch
+    model = make_model(seed=4, word_dropout=1.0, init_range=0.5, emb_init_range=0.5)
+    z = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    inputs = batch.input_ids[:, :-1]
+    unked = word_dropout(inputs, 1.0, 3, (0, 1, 2))
+    with torch.no_grad():
+        eval_logits = model.eval().decode(inputs, z)
+        train_logits = model.train().decode(inputs, z)
+        expected = model.eval().decode(unked, z)  # every word <unk>, the specials kept
+    torch.testing.assert_close(train_logits, expected)
+    assert not torch.allclose(train_logits, eval_logits)
+    plain = make_model(seed=4, word_dropout=0.0, init_range=0.5, emb_init_range=0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(eval_logits, plain.decode(inputs, z))  # eval: no dropout at all

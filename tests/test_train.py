@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from conftest import assert_same_final_weights
 
 from textvae.checkpoint import checkpoints, latest_checkpoint, load_run, load_trainer_state
 from textvae.config import TextVAEError, TrainConfig, config_from_dict, load_recipe
@@ -131,11 +131,7 @@ def test_resume_continues_from_the_checkpoint(runs):
 
 
 def test_resumed_run_matches_an_uninterrupted_one(runs):
-    a = load_file(str(latest_checkpoint(runs.interrupted) / "model.safetensors"))
-    b = load_file(str(latest_checkpoint(runs.straight) / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
+    assert_same_final_weights(runs.interrupted, runs.straight)
 
 
 def test_existing_run_directory_is_left_untouched(runs, tmp_path):

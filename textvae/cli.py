@@ -127,12 +127,13 @@ def recipes_copy(name: str, dest: Path):
 
 @methods_app.command("list")
 def methods_list():
-    """Every named method with its one-line description."""
-    from .methods import METHODS
+    """Every named method with its one-line description and citation."""
+    from .methods import method_table
 
-    width = max(map(len, METHODS))
-    for name, method in METHODS.items():
-        typer.echo(f"{name:<{width}}  {method.description}")
+    rows = method_table()
+    width = max(len(name) for name, _, _ in rows)
+    for name, description, citation in rows:
+        typer.echo(f"{name:<{width}}  {description} [{citation}]")
 
 
 @data_app.command("synthetic")

@@ -11,6 +11,7 @@ the key or file, which the CLI turns into exit code 2.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -59,6 +60,8 @@ class ModelConfig:
     init_range: float | None = None  # uniform(-r, r) init for weights (He et al.: 0.01)
     emb_init_range: float | None = None  # uniform(-r, r) init for embeddings (He et al.: 0.1)
     encoder_init: str | None = None  # uniform (He et al.'s ranges above) | default (PyTorch's init for the encoder)
+    bn_gamma: float | None = None  # BN-VAE: batch-normalise μ with this fixed scale γ and a learnt shift (0 = off)
+    word_dropout: float | None = None  # probability of replacing a decoder input word by <unk> in training (0 = off)
 
 
 @dataclass
@@ -71,12 +74,22 @@ class TrainConfig:
     grad_clip: float = 5.0  # max global grad norm
     max_epochs: int = 100
     max_steps: int | None = None  # stop after this many optimizer steps (None: no limit)
-    kl_start: float = 1.0  # KL weight at step 0 (1.0 = no warm-up)
-    kl_warmup_epochs: float = 10.0  # epochs for the weight to rise by 1.0 (He et al.'s linear schedule)
+    kl_schedule: str = "linear"  # linear (warm-up from kl_start) | cyclical (Fu et al. 2019)
+    kl_start: float = 1.0  # linear: KL weight at step 0 (1.0 = no warm-up)
+    kl_warmup_epochs: float = 10.0  # linear: epochs for the weight to rise by 1.0 (He et al.'s linear schedule)
+    kl_n_cycles: int = 4  # cyclical: cycles over the run's steps (min of max_steps, max_epochs × batches)
+    kl_ratio_zero: float = 0.0  # cyclical: fraction of each cycle held at weight 0 first
+    kl_ratio_increase: float = 0.5  # cyclical: fraction of each cycle over which the weight then rises 0 → 1
     beta: float = 1.0  # constant multiplier on the (annealed) KL term
+    free_bits: float = 0.0  # λ in nats per latent dimension (0 = off); see free_bits_mode
+    free_bits_mode: str = "batch_dim"  # batch_dim (Kingma 2016) | example_dim | example_total (Li 2019 --fb 2 | 1)
+    aggressive: bool = False  # He et al. 2019: encoder-only inner loop before each step, until valid mi_batch falls
+    aggressive_max_encoder_steps: int = 99  # inner-loop cap (He et al.: `while sub_iter < 100`)
+    aggressive_check_every_steps: int = 15  # inner loop stops when the mean loss of this many steps stops falling
+    ae_epochs: int = 0  # Li et al. 2019: epochs of autoencoder (β = 0) training first, part of max_epochs (0 = off)
     lr_decay_factor: float = 0.5  # He et al.: halve the lr ...
     lr_decay_patience_epochs: int = 2  # ... after this many epochs without validation improvement ...
-    lr_decay_min_epoch: int = 15  # ... but never before this epoch, reloading the best model
+    lr_decay_min_epoch: int = 15  # ... but never before this epoch (of the VAE stage), reloading the best model
     max_lr_decays: int = 5  # stop training after this many decays
     log_every_steps: int = 50  # training metrics line every N steps
     keep_checkpoints: int = 2  # last N checkpoints kept in checkpoints/
@@ -240,6 +253,8 @@ def validate(cfg: Config) -> Config:
         "critic.z": (cfg.critic.z, ("sample", "mean")),
         "critic.optimizer": (cfg.critic.optimizer, ("same", "adam")),
         "model.encoder_init": (cfg.model.encoder_init or "uniform", ("uniform", "default")),
+        "train.kl_schedule": (cfg.train.kl_schedule, ("linear", "cyclical")),
+        "train.free_bits_mode": (cfg.train.free_bits_mode, ("batch_dim", "example_dim", "example_total")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -249,10 +264,28 @@ def validate(cfg: Config) -> Config:
         "eval.iw_samples": cfg.eval.iw_samples,
         "eval.batch_size": cfg.eval.batch_size,
         "train.max_epochs": cfg.train.max_epochs,
+        "train.kl_n_cycles": cfg.train.kl_n_cycles,
+        "train.aggressive_max_encoder_steps": cfg.train.aggressive_max_encoder_steps,
+        "train.aggressive_check_every_steps": cfg.train.aggressive_check_every_steps,
     }
     for key, value in positive.items():
         if value < 1:
             raise TextVAEError(f"bad value for '{key}': {value} (must be >= 1)")
     if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
         raise TextVAEError(f"bad value for 'train.max_steps': {cfg.train.max_steps} (must be >= 1)")
+    ranges = {  # key: (value, low, high), inclusive
+        "train.beta": (cfg.train.beta, 0.0, math.inf),
+        "train.free_bits": (cfg.train.free_bits, 0.0, math.inf),
+        "train.ae_epochs": (cfg.train.ae_epochs, 0, math.inf),
+        "train.kl_ratio_zero": (cfg.train.kl_ratio_zero, 0.0, 1.0),
+        "model.bn_gamma": (cfg.model.bn_gamma or 0.0, 0.0, math.inf),
+        "model.word_dropout": (cfg.model.word_dropout or 0.0, 0.0, 1.0),
+    }
+    for key, (value, low, high) in ranges.items():
+        if not low <= value <= high:
+            raise TextVAEError(f"bad value for '{key}': {value} (must be in [{low:g}, {high:g}])")
+    rise, zero = cfg.train.kl_ratio_increase, cfg.train.kl_ratio_zero
+    if not 0.0 < rise <= 1.0 - zero + 1e-9:  # the ramp must end inside its cycle
+        raise TextVAEError(f"bad value for 'train.kl_ratio_increase': {rise} "
+                           f"(must be > 0 and at most 1 - train.kl_ratio_zero = {1.0 - zero:g})")
     return cfg

@@ -21,6 +21,7 @@ from .config import ModelConfig, TextVAEError
 from .modules.decoders import DECODERS
 from .modules.encoders import ENCODERS
 from .modules.posterior import GaussianPosterior, standard_normal
+from .tokenization import BOS_ID, EOS_ID, UNK_ID
 
 
 @dataclass
@@ -39,6 +40,8 @@ class ModelArgs:
     init_range: float = 0.01
     emb_init_range: float = 0.1
     encoder_init: str = "uniform"
+    bn_gamma: float = 0.0  # BN-VAE's fixed scale on batch-normalised μ (0 = no BN)
+    word_dropout: float = 0.0  # probability of replacing a decoder input word by <unk> in training
     pad_id: int = 0
 
 
@@ -90,28 +93,36 @@ class TextVAE(nn.Module):
         c = config
         if c.latent_dim > 0:
             self.encoder = ENCODERS[c.encoder](c.vocab_size, c.embed_dim, c.enc_hidden_dim, pad_id=c.pad_id)
-            self.posterior = GaussianPosterior(self.encoder.output_dim, c.latent_dim)
+            self.posterior = GaussianPosterior(self.encoder.output_dim, c.latent_dim, c.bn_gamma)
         else:
             self.encoder = self.posterior = None
         self.decoder = DECODERS[c.decoder](
-            c.vocab_size, c.embed_dim, c.dec_hidden_dim, c.latent_dim, c.dec_dropout_in, c.dec_dropout_out, c.pad_id
+            c.vocab_size, c.embed_dim, c.dec_hidden_dim, c.latent_dim, c.dec_dropout_in, c.dec_dropout_out, c.pad_id,
+            word_dropout_p=c.word_dropout, unk_id=UNK_ID, keep_ids=(c.pad_id, BOS_ID, EOS_ID),
         )
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, only: str | None = None) -> None:
         """He et al.'s initialisation: U(±0.01) for weights, U(±0.1) for embeddings.
 
         With ``encoder_init="default"`` the encoder and posterior head keep PyTorch's
         initialisation instead: under U(±0.01) the posterior mean does not vary with x
         (its spread is ~1e-5) and the encoder's gradients vanish, so a critic has no
-        signal to start from (see README, "What we tried").
+        signal to start from (see README, "What we tried"). ``only="decoder"``
+        re-initialises the decoder alone (Li et al. 2019's ``--reset_dec``).
         """
         keep_default = ("encoder.", "posterior.") if self.config.encoder_init == "default" else ()
         for name, param in self.named_parameters():
-            if name.startswith(keep_default):
+            if name.startswith(keep_default) or (only is not None and not name.startswith(only + ".")):
                 continue
             bound = self.config.emb_init_range if "embed" in name else self.config.init_range
             nn.init.uniform_(param, -bound, bound)
+        if self.posterior is not None and self.posterior.mu_bn is not None and only is None:
+            self.posterior.reset_bn()
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The inference network: encoder and posterior head (He et al.'s ``vae.encoder``)."""
+        return [] if self.encoder is None else [*self.encoder.parameters(), *self.posterior.parameters()]
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)

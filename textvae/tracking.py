@@ -42,7 +42,8 @@ def plot_training_curves(metrics_path: Path, out_png: Path) -> Path:
     valid = [r for r in records if r.get("split") == "valid"]
     panels = [("loss", "loss (nats/seq)"), ("rec", "rec"), ("kl", "KL"), ("kl_weight", "KL weight"),
               ("mi", "MI (valid)"), ("au", "active units (valid)")]
-    extra = [("critic_loss", "critic loss"), ("critic_mi_bound", "critic MI bound")]
+    extra = [("critic_loss", "critic loss"), ("critic_mi_bound", "critic MI bound"),
+             ("encoder_steps_per_step", "aggressive: encoder steps per step")]
     panels += [p for p in extra if any(p[0] in r for r in train)]
     cols = 3
     rows = math.ceil(len(panels) / cols)

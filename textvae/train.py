@@ -9,6 +9,7 @@ model — after ``lr_decay_patience_epochs`` epochs without improvement, at most
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -29,12 +30,21 @@ from .checkpoint import (
     save_config,
     save_model_dir,
 )
-from .config import Config, TrainConfig
+from .config import Config, TextVAEError, TrainConfig
 from .data import TextDataset, load_texts
 from .evaluate import EvalResult, evaluate
 from .model import TextVAE, resolve_model_args
 from .modules.critics import build_critic
-from .objectives import critic_term, critic_weight, kl_weight, negative_elbo
+from .objectives import critic_term, critic_weight, negative_elbo
+from .strategies import (
+    ae_stage_over,
+    aggressive_after_epoch,
+    aggressive_encoder_updates,
+    begin_vae_stage,
+    frozen_parameters,
+    initial_state,
+    stage_kl_weight,
+)
 from .tokenization import TextTokenizer, load_tokenizer, train_tokenizer
 from .tracking import MetricsWriter, plot_training_curves
 
@@ -98,7 +108,8 @@ def _lr_schedule(state: dict, val_loss: float, cfg: TrainConfig) -> bool:
     """He et al.'s plateau rule; returns True when the lr must be decayed now."""
     if val_loss > state["plateau_best"]:
         state["bad_epochs"] += 1
-        if state["bad_epochs"] >= cfg.lr_decay_patience_epochs and state["epoch"] >= cfg.lr_decay_min_epoch:
+        stage_epoch = state["epoch"] - state["stage_start_epoch"]  # epochs since the run (or VAE stage) began
+        if state["bad_epochs"] >= cfg.lr_decay_patience_epochs and stage_epoch >= cfg.lr_decay_min_epoch:
             state.update(plateau_best=val_loss, bad_epochs=0, lr=state["lr"] * cfg.lr_decay_factor)
             state["n_decays"] += 1
             return True
@@ -108,15 +119,19 @@ def _lr_schedule(state: dict, val_loss: float, cfg: TrainConfig) -> bool:
 
 
 def train_step(model, critic, batch, cfg: Config, kl_w: float, critic_w: float, optimizer, critic_optimizer,
-               critic_params) -> dict[str, float]:
+               critic_params, update: str = "all") -> dict[str, float]:
     """One update on ``rec + kl_w · KL (+ critic_w · InfoNCE)``; returns the batch's sums for logging.
 
     Sums (not means) of loss, rec, kl, critic_loss, critic_acc, critic_mi_bound over the
-    batch's sequences, and n. The critic's own parameters are clipped separately and,
-    with ``critic.optimizer=adam``, stepped by their own optimiser.
+    batch's sequences, and n. The KL term follows ``train.free_bits`` (the logged ``kl`` is
+    the true KL). The critic's own parameters are clipped separately and, with
+    ``critic.optimizer=adam``, stepped by their own optimiser. ``update`` = ``encoder``
+    or ``decoder`` moves only that side (aggressive training, :mod:`textvae.strategies`):
+    the whole model's gradient is clipped first, as He et al. do, then the other side's
+    is dropped.
     """
     out = model(batch.input_ids, batch.attention_mask)
-    loss = negative_elbo(out, kl_w)
+    loss = negative_elbo(out, kl_w, cfg.train.free_bits, cfg.train.free_bits_mode)
     b = batch.input_ids.size(0)
     sums = {"rec": float(out.rec.detach().sum()), "kl": float(out.kl.detach().sum()), "n": b}
     if critic is not None:
@@ -130,10 +145,12 @@ def train_step(model, critic, batch, cfg: Config, kl_w: float, critic_w: float, 
         critic_optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    for param in frozen_parameters(model, critic_params, update):
+        param.grad = None  # SGD and Adam skip a parameter without a gradient
     optimizer.step()
     if critic_params:
         torch.nn.utils.clip_grad_norm_(critic_params, cfg.train.grad_clip)
-    if critic_optimizer is not None:
+    if critic_optimizer is not None and update != "decoder":
         critic_optimizer.step()
     return sums
 
@@ -163,6 +180,9 @@ def fit(
         model = TextVAE(resolve_model_args(cfg.model, tokenizer.vocab_size, tokenizer.pad_id)).to(device)
         state = dict(step=0, epoch=0, batch_in_epoch=0, best_val=math.inf, plateau_best=math.inf,
                      bad_epochs=0, n_decays=0, lr=cfg.train.lr)
+    state = {**initial_state(cfg.train), **state}  # checkpoints written before the strategies existed
+    if model.latent_dim == 0 and (cfg.train.aggressive or cfg.train.ae_epochs):
+        raise TextVAEError("train.aggressive and train.ae_epochs need a latent variable (model.latent_dim > 0)")
     save_config(run, cfg)  # on --resume too: the config this continuation runs with
     critic = build_critic(cfg.critic, model)
     optimizer, critic_optimizer = make_optimizers(model, critic, cfg, state["lr"])
@@ -189,16 +209,25 @@ def fit(
             critic.train()
         t0 = time.perf_counter()
         tokens = 0
-        sums = dict.fromkeys(("loss", "rec", "kl", "critic_loss", "critic_acc", "critic_mi_bound", "n"), 0.0)
+        sums = dict.fromkeys(("loss", "rec", "kl", "critic_loss", "critic_acc", "critic_mi_bound", "n",
+                              "encoder_steps", "steps"), 0.0)
         bar = tqdm(batches[state["batch_in_epoch"]:], desc=f"epoch {state['epoch'] + 1}", leave=False,
                    disable=None if progress else True)
         for batch in bar:
             batch = batch.to(device)
-            weight = kl_weight(state["step"], steps_per_epoch, tc)
-            batch_sums = train_step(model, critic, batch, cfg, weight, critic_weight(state["step"], cfg.critic),
-                                    optimizer, critic_optimizer, critic_params)
+            weight = stage_kl_weight(state, steps_per_epoch, tc)
+            step = functools.partial(train_step, model, critic, cfg=cfg, kl_w=weight,
+                                     critic_w=critic_weight(state["step"], cfg.critic), optimizer=optimizer,
+                                     critic_optimizer=critic_optimizer, critic_params=critic_params)
+            if state["aggressive"]:  # He et al. 2019: the encoder catches up first, then one decoder step
+                draw = functools.partial(_random_batch, batches, device)
+                n_enc = aggressive_encoder_updates(step, batch, draw, tc)
+                state["encoder_steps"] += n_enc
+                sums["encoder_steps"] += n_enc
+            batch_sums = step(batch, update="decoder" if state["aggressive"] else "all")
             for key, value in batch_sums.items():
                 sums[key] += value
+            sums["steps"] += 1
             state["step"] += 1
             state["batch_in_epoch"] += 1
             tokens += batch.num_predicted_tokens
@@ -211,6 +240,7 @@ def fit(
                 if critic is not None:
                     record.update({k: sums[k] / n for k in ("critic_loss", "critic_acc", "critic_mi_bound")})
                     record["critic_weight"] = critic_weight(state["step"], cfg.critic)
+                record.update(_strategy_fields(state, sums, tc))
                 metrics.write(record)
                 bar.set_postfix(loss=f"{sums['loss'] / n:.2f}", kl=f"{sums['kl'] / n:.2f}")
             if state["step"] >= max_steps:
@@ -218,15 +248,22 @@ def fit(
                 break
         seconds = time.perf_counter() - t0
         val = evaluate(model, valid_set, cfg.eval, device, iw=False, seed=cfg.seed, progress=False)
-        val_loss = -val.elbo
+        val_loss = val.rec if state["stage"] == "ae" else -val.elbo  # an autoencoder is selected by rec (Li et al.)
+        whole_epoch = state["batch_in_epoch"] >= len(batches)
+        switched_off = whole_epoch and aggressive_after_epoch(state, val.mi_batch)
         metrics.write({"split": "valid", "step": state["step"], "epoch": state["epoch"] + 1, "loss": val_loss,
-                       "rec": val.rec, "kl": val.kl, "mi": val.mi, "au": val.au, "ppl": val.ppl,
-                       "kl_weight": kl_weight(state["step"], steps_per_epoch, tc), "lr": state["lr"],
-                       "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9)})
+                       "rec": val.rec, "kl": val.kl, "mi": val.mi, "mi_batch": val.mi_batch, "au": val.au,
+                       "ppl": val.ppl, "kl_weight": stage_kl_weight(state, steps_per_epoch, tc), "lr": state["lr"],
+                       "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9),
+                       **_strategy_fields(state, sums, tc)})
+        if switched_off:
+            metrics.write({"split": "event", "step": state["step"], "epoch": state["epoch"] + 1,
+                           "event": "aggressive_off", "mi_batch": val.mi_batch,
+                           "encoder_steps": state["encoder_steps"]})
         if val_loss < state["best_val"]:
             state["best_val"] = val_loss
             save_model_dir(model, tokenizer, run / MODEL_DIR)
-        if state["batch_in_epoch"] >= len(batches):  # a whole epoch: the lr rule applies
+        if whole_epoch:  # the lr rule applies
             if _lr_schedule(state, val_loss, tc):
                 best, _ = load_model_dir(run / MODEL_DIR, device)
                 model.load_state_dict(best.state_dict())
@@ -234,6 +271,14 @@ def fit(
                 stop = stop or state["n_decays"] >= tc.max_lr_decays
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
+            if ae_stage_over(state, tc):  # Li et al. 2019: best AE's encoder, a fresh decoder, a fresh run
+                metrics.write({"split": "event", "step": state["step"], "epoch": state["epoch"],
+                               "event": "vae_stage", "ae_best_rec": state["best_val"]})
+                best, _ = load_model_dir(run / MODEL_DIR, device)
+                model.load_state_dict(best.state_dict())
+                begin_vae_stage(model, state, tc.lr)
+                optimizer, _ = make_optimizers(model, critic, cfg, state["lr"])
+                stop = state["step"] >= max_steps  # the lr decays of the AE stage do not end the run
         state["optimizer"] = optimizer.state_dict()
         if critic is not None:
             state["critic"] = critic.state_dict()
@@ -246,6 +291,22 @@ def fit(
     final_evaluation(run, cfg, datasets["test"], device, progress)
     plot_training_curves(run / "metrics.jsonl", run / "curves.png")
     return run
+
+
+def _random_batch(batches: list, device):
+    """A training batch drawn uniformly, with replacement (He et al.'s ``np.random.random_integers``)."""
+    return batches[random.randrange(len(batches))].to(device)
+
+
+def _strategy_fields(state: dict, sums: dict, tc: TrainConfig) -> dict:
+    """Metrics of the loop-level strategies in use: stage; aggressive flag and encoder steps."""
+    fields = {}
+    if tc.ae_epochs:
+        fields["stage"] = state["stage"]
+    if tc.aggressive:
+        fields.update(aggressive=state["aggressive"], encoder_steps=state["encoder_steps"],
+                      encoder_steps_per_step=sums["encoder_steps"] / max(sums["steps"], 1))
+    return fields
 
 
 def final_evaluation(run: Path, cfg: Config, test_set: TextDataset, device, progress: bool = True) -> EvalResult:

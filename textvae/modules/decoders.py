@@ -6,13 +6,28 @@ import torch
 from torch import nn
 
 
+def word_dropout(input_ids: torch.Tensor, p: float, unk_id: int, keep_ids: tuple[int, ...]) -> torch.Tensor:
+    """Bowman et al. (2016)'s word dropout: each input word becomes ``unk_id`` with probability p.
+
+    Tokens in ``keep_ids`` (padding, ``<s>``, ``</s>``) are never replaced, so the decoder
+    still knows where a sequence starts and ends. Shape: (N, T) → (N, T).
+    """
+    if p <= 0:
+        return input_ids
+    drop = torch.rand(input_ids.shape, device=input_ids.device) < p  # (N, T)
+    drop &= ~torch.isin(input_ids, torch.tensor(keep_ids, device=input_ids.device))
+    return input_ids.masked_fill(drop, unk_id)
+
+
 class LSTMDecoder(nn.Module):
     """He et al. (2019) LSTM decoder, so numbers compare with the literature.
 
     ``z`` is concatenated to every input embedding; the initial cell state is
     ``c0 = W z`` and ``h0 = tanh(c0)``; dropout on the input embeddings and on
     the LSTM outputs. With ``latent_dim == 0`` it is a plain LSTM language model
-    (zero initial state, nothing concatenated).
+    (zero initial state, nothing concatenated). In training mode, ``word_dropout_p``
+    replaces input words by ``<unk>`` (:func:`word_dropout`), weakening the decoder so
+    that it has to use z (Bowman et al. 2016).
     """
 
     def __init__(
@@ -24,9 +39,13 @@ class LSTMDecoder(nn.Module):
         dropout_in: float = 0.0,
         dropout_out: float = 0.0,
         pad_id: int = 0,
+        word_dropout_p: float = 0.0,
+        unk_id: int = 3,
+        keep_ids: tuple[int, ...] = (0, 1, 2),
     ):
         super().__init__()
         self.latent_dim = latent_dim
+        self.word_dropout_p, self.unk_id, self.keep_ids = word_dropout_p, unk_id, keep_ids
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         self.dropout_in = nn.Dropout(dropout_in)
         self.dropout_out = nn.Dropout(dropout_out)
@@ -42,6 +61,8 @@ class LSTMDecoder(nn.Module):
         ``state`` continues from an earlier call (incremental generation); when it
         is None the state is initialised from ``z``.
         """
+        if self.training:
+            input_ids = word_dropout(input_ids, self.word_dropout_p, self.unk_id, self.keep_ids)
         emb = self.dropout_in(self.embed(input_ids))  # (N, T, E)
         if self.latent_dim:
             emb = torch.cat([emb, z[:, None, :].expand(-1, emb.size(1), -1)], dim=-1)  # (N, T, E+D)

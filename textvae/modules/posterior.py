@@ -3,20 +3,46 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, Normal
 
 
 class GaussianPosterior(nn.Module):
-    """``h → q(z|x) = Independent(Normal(μ, σ), 1)``; one linear layer gives (μ, log σ²) as in He et al."""
+    """``h → q(z|x) = Independent(Normal(μ, σ), 1)``; one linear layer gives (μ, log σ²) as in He et al.
 
-    def __init__(self, input_dim: int, latent_dim: int):
+    With ``bn_gamma`` > 0, μ is batch-normalised as in BN-VAE (Zhu et al. 2020, "A batch
+    normalized inference network keeps the KL vanishing away"):
+    μ̂_d = γ · (μ_d − mean_B μ_d) / std_B μ_d + β_d with γ fixed and the shift β_d learnt,
+    so over a batch E[μ̂_d] = β_d and Var[μ̂_d] = γ². Since σ² − log σ² − 1 ≥ 0, the
+    expected KL is then at least ½ Σ_d E[μ̂_d²] = ½ Σ_d (γ² + β_d²) ≥ D·γ²/2 > 0. As in
+    their code (``nn.BatchNorm1d`` with a frozen weight), evaluation uses the running
+    statistics.
+    """
+
+    def __init__(self, input_dim: int, latent_dim: int, bn_gamma: float = 0.0):
         super().__init__()
         self.linear = nn.Linear(input_dim, 2 * latent_dim)
+        self.bn_gamma = bn_gamma
+        self.mu_bn = nn.BatchNorm1d(latent_dim) if bn_gamma > 0 else None
+        if self.mu_bn is not None:
+            self.mu_bn.weight.requires_grad_(False)  # γ is fixed; only the shift learns
+            self.reset_bn()
+
+    @torch.no_grad()
+    def reset_bn(self) -> None:
+        """γ = ``bn_gamma``, shift 0 (BN-VAE's ``reset_parameters``)."""
+        self.mu_bn.weight.fill_(self.bn_gamma)
+        self.mu_bn.bias.zero_()
 
     def forward(self, h: torch.Tensor) -> Independent:
         """Shape: h (B, H) → distribution with batch shape (B,) and event shape (D,)."""
         mu, logvar = self.linear(h).chunk(2, dim=-1)  # (B, D) each
+        if self.mu_bn is not None:
+            # One sequence has no batch statistics: normalise it with the running ones.
+            bn = self.mu_bn
+            mu = bn(mu) if mu.size(0) > 1 or not self.training else F.batch_norm(
+                mu, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         return Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
 
 
