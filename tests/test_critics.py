@@ -9,7 +9,7 @@ import torch
 from conftest import make_model, random_ids
 from torch.distributions import Independent, Normal
 
-from textvae.config import CriticConfig
+from textvae.config import CriticConfig, TextVAEError, load_recipe
 from textvae.data import TextDataset
 from textvae.modules.critics import NeuralCritic, SelfCritic, build_critic, info_nce
 from textvae.objectives import critic_term, critic_weight
@@ -46,10 +46,12 @@ def test_symmetric_loss_adds_the_column_direction():
     assert both.item() == pytest.approx(0.5 * (row.item() + col.item()), rel=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["self", "neural", "hybrid"])
+@pytest.mark.parametrize("kind", ["self", "neural", "hybrid", "hybrid-shared-encoder"])
 def test_critic_gradient_reaches_encoder_and_critic_not_decoder(kind):
     model = make_model(seed=1, init_range=0.5, emb_init_range=0.5).train()
-    cfg = CriticConfig(type=kind, embed_dim=8, hidden_dim=8, proj_dim=8)
+    shared = kind == "hybrid-shared-encoder"
+    kind = "hybrid" if shared else kind
+    cfg = CriticConfig(type=kind, embed_dim=8, hidden_dim=8, proj_dim=8, share_encoder=shared)
     critic = build_critic(cfg, model)
     batch = TextDataset(random_ids([5, 6, 7, 5, 6, 7])).collate(list(range(6)))
     out = model(batch.input_ids, batch.attention_mask)
@@ -58,7 +60,10 @@ def test_critic_gradient_reaches_encoder_and_critic_not_decoder(kind):
     assert all(p.grad is None or not p.grad.any() for p in model.decoder.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
     assert model.posterior.linear.weight.grad.abs().sum() > 0
-    if kind != "self":
+    if shared:  # no LSTM of its own: MLP heads on the inference encoder's h
+        assert critic.x_encoder is None and all(p.grad is not None for p in critic.parameters())
+        assert model.encoder.lstm.weight_hh_l0.grad.abs().sum() > 0
+    elif kind != "self":
         own = [p for n, p in critic.named_parameters() if not n.startswith("x_encoder.embed")]
         assert all(p.grad is not None for p in own)
         assert critic.x_encoder.embed is (model.encoder.embed if kind == "hybrid" else critic.x_encoder.embed)
@@ -98,7 +103,7 @@ def test_critic_mean_uses_the_posterior_mean():
     out = model(batch.input_ids, batch.attention_mask)
     seen = {}
 
-    def spy(z, posterior, input_ids, attention_mask):
+    def spy(z, posterior, input_ids, attention_mask, encoder_h=None):
         seen["z"] = z
         return torch.zeros(z.size(0), z.size(0))
 
@@ -118,3 +123,17 @@ def test_default_encoder_init_gives_the_critic_a_signal():
         # the decoder keeps He et al.'s initialisation either way
         assert model.decoder.pred_linear.weight.abs().max() <= model.config.init_range
     assert spreads["uniform"] < 1e-3 < 1e-2 < spreads["default"]
+
+
+def test_shared_encoder_keys_are_heads_on_the_inference_encoders_output():
+    model = make_model(seed=2).train()
+    critic = build_critic(CriticConfig(type="hybrid", hidden_dim=8, proj_dim=8, share_encoder=True), model)
+    batch = TextDataset(random_ids([5, 6, 7, 5])).collate([0, 1, 2, 3])
+    out = model(batch.input_ids, batch.attention_mask)
+    assert torch.equal(out.h, model.encoder(batch.input_ids, batch.attention_mask))
+    scores = critic(out.z, out.posterior, batch.input_ids, batch.attention_mask, encoder_h=out.h)
+    keys = torch.nn.functional.normalize(critic.f_x(out.h), dim=-1)
+    queries = torch.nn.functional.normalize(critic.g_z(out.z), dim=-1)
+    assert torch.allclose(scores, queries @ keys.T / critic.temperature)
+    with pytest.raises(TextVAEError, match="share_encoder"):
+        load_recipe("debug", ["critic.type=neural", "critic.share_encoder=true"])

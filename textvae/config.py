@@ -108,6 +108,7 @@ class CriticConfig:
     embed_dim: int = 64  # neural: the critic's own word embedding size
     hidden_dim: int = 64  # neural/hybrid: critic LSTM and MLP width
     proj_dim: int = 64  # neural/hybrid: shared projection space
+    share_encoder: bool = False  # hybrid: share the whole inference encoder (keys = MLP on its h), not only the embedding
     queue_size: int = 0  # neural/hybrid: past x-keys kept as extra negatives (MoCo-style; slightly stale)
     optimizer: str = "same"  # same (a parameter group of the model's optimiser) | adam (its own)
     lr: float | None = None  # learning rate of the critic's own parameters (None: the model's / 1e-3 for adam)
@@ -284,6 +285,8 @@ def validate(cfg: Config) -> Config:
     for key, (value, low, high) in ranges.items():
         if not low <= value <= high:
             raise TextVAEError(f"bad value for '{key}': {value} (must be in [{low:g}, {high:g}])")
+    if cfg.critic.share_encoder and cfg.critic.type != "hybrid":
+        raise TextVAEError(f"'critic.share_encoder' needs critic.type=hybrid (got '{cfg.critic.type}')")
     rise, zero = cfg.train.kl_ratio_increase, cfg.train.kl_ratio_zero
     if not 0.0 < rise <= 1.0 - zero + 1e-9:  # the ramp must end inside its cycle
         raise TextVAEError(f"bad value for 'train.kl_ratio_increase': {rise} "

@@ -84,6 +84,7 @@ class VAEOutput:
     kl: torch.Tensor
     z: torch.Tensor | None
     posterior: Independent | None
+    h: torch.Tensor | None = None  # the encoder's output (B, H), which a hybrid critic may share
 
 
 class TextVAE(nn.Module):
@@ -178,8 +179,9 @@ class TextVAE(nn.Module):
         if self.latent_dim == 0:
             rec = self.reconstruction_nll(input_ids, None)
             return VAEOutput(rec, torch.zeros_like(rec), None, None)
-        posterior = self.encode(input_ids, attention_mask)
+        h = self.encoder(input_ids, attention_mask)  # (B, H)
+        posterior = self.posterior(h)
         z = posterior.rsample()  # (B, D)
         rec = self.reconstruction_nll(input_ids, z)
         kl = kl_divergence(posterior, self.prior())  # (B,), analytic
-        return VAEOutput(rec, kl, z, posterior)
+        return VAEOutput(rec, kl, z, posterior, h)

@@ -131,7 +131,7 @@ def critic_term(critic, out: VAEOutput, input_ids: torch.Tensor, attention_mask:
     takes no part. Returns (loss, acc, log C − loss) with C candidates per row.
     """
     z = out.z if cfg.z == "sample" else out.posterior.base_dist.loc
-    scores = critic(z, out.posterior, input_ids, attention_mask)  # (B, C)
+    scores = critic(z, out.posterior, input_ids, attention_mask, encoder_h=out.h)  # (B, C)
     loss, acc = info_nce(scores, cfg.symmetric)
     bound = math.log(scores.size(1)) - loss.detach()
     return loss, acc, bound

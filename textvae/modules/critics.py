@@ -12,7 +12,9 @@ reaches the encoder; the decoder is never involved.
 - ``self``: ``S[i, j] = log q(z_i | x_j)`` from the posteriors, no parameters.
 - ``neural``: its own LSTM encoder of x plus MLP heads on x and z into a shared
   space, scored by cosine similarity / temperature.
-- ``hybrid``: as neural, but sharing the word embedding with the inference network.
+- ``hybrid``: as neural, but sharing the word embedding with the inference network;
+  with ``critic.share_encoder`` it shares the whole inference encoder (its keys are
+  MLP heads on the encoder's own h, reused from the forward pass: no second LSTM).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class SelfCritic(nn.Module):
     rec + (1 − λ)·I + KL(q(z) ‖ p): λ − 1 is the net reward per nat of information.
     """
 
-    def forward(self, z: torch.Tensor, posterior: Independent, input_ids=None, attention_mask=None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, posterior: Independent, input_ids=None, attention_mask=None,
+                encoder_h=None) -> torch.Tensor:
         """Shape: z (B, D) → (B, B)."""
         return pairwise_log_prob(posterior, z)
 
@@ -68,6 +71,9 @@ class NeuralCritic(nn.Module):
     Args:
         embedding: an ``nn.Embedding`` to share (the hybrid critic passes the
             inference network's); None gives the critic its own.
+        shared_encoder_dim: share the inference network's whole encoder instead of
+            running an x-encoder: keys are ``f(h)`` on the encoder output passed to
+            ``forward`` as ``encoder_h`` (of this width).
         temperature: τ; learnable (as log τ) when ``learn_temperature``.
         queue_size: keep this many past x-keys as extra negatives (MoCo-style,
             He et al. 2020). They were computed by an older critic, so they are
@@ -86,13 +92,16 @@ class NeuralCritic(nn.Module):
         queue_size: int = 0,
         embedding: nn.Embedding | None = None,
         pad_id: int = 0,
+        shared_encoder_dim: int | None = None,
     ):
         super().__init__()
-        self.x_encoder = LSTMEncoder(vocab_size, embed_dim if embedding is None else embedding.embedding_dim,
-                                     hidden_dim, pad_id)
-        if embedding is not None:
-            self.x_encoder.embed = embedding  # shared with the inference network
-        self.f_x = _mlp(hidden_dim, hidden_dim, proj_dim)
+        self.x_encoder = None
+        if shared_encoder_dim is None:
+            self.x_encoder = LSTMEncoder(vocab_size, embed_dim if embedding is None else embedding.embedding_dim,
+                                         hidden_dim, pad_id)
+            if embedding is not None:
+                self.x_encoder.embed = embedding  # shared with the inference network
+        self.f_x = _mlp(shared_encoder_dim or hidden_dim, hidden_dim, proj_dim)
         self.g_z = _mlp(latent_dim, hidden_dim, proj_dim)
         log_tau = torch.tensor(math.log(temperature))
         self.log_tau = nn.Parameter(log_tau) if learn_temperature else None
@@ -106,10 +115,12 @@ class NeuralCritic(nn.Module):
         return (self.log_tau if self.log_tau is not None else self.fixed_log_tau).exp()
 
     def forward(
-        self, z: torch.Tensor, posterior: Independent | None, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, z: torch.Tensor, posterior: Independent | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        encoder_h: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Shape: z (B, D), input_ids (B, T) → (B, B + queued keys)."""
-        keys = F.normalize(self.f_x(self.x_encoder(input_ids, attention_mask)), dim=-1)  # (B, P)
+        """Shape: z (B, D), input_ids (B, T) (or encoder_h (B, H) when shared) → (B, B + queued keys)."""
+        h = encoder_h if self.x_encoder is None else self.x_encoder(input_ids, attention_mask)  # (B, H)
+        keys = F.normalize(self.f_x(h), dim=-1)  # (B, P)
         queries = F.normalize(self.g_z(z), dim=-1)  # (B, P)
         candidates = torch.cat([keys, self.queue]) if self.queue.numel() else keys  # (C, P)
         if self.training and self.queue_size:
@@ -123,7 +134,7 @@ def build_critic(cfg, model) -> nn.Module | None:
         return None
     if cfg.type == "self":
         return SelfCritic()
-    shared = model.encoder.embed if cfg.type == "hybrid" else None
+    shared = model.encoder.embed if cfg.type == "hybrid" and not cfg.share_encoder else None
     return NeuralCritic(
         model.config.vocab_size,
         model.latent_dim,
@@ -135,4 +146,5 @@ def build_critic(cfg, model) -> nn.Module | None:
         queue_size=cfg.queue_size,
         embedding=shared,
         pad_id=model.config.pad_id,
+        shared_encoder_dim=model.encoder.output_dim if cfg.type == "hybrid" and cfg.share_encoder else None,
     ).to(next(model.parameters()).device)
