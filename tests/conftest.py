@@ -121,10 +121,22 @@ def cli_env() -> dict:
     return env
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120,
+            stdin: str | None = None) -> subprocess.CompletedProcess:
     """``python -m textvae ARGS`` in a subprocess (the most faithful way to test exit codes and stderr)."""
     return subprocess.run([sys.executable, "-m", "textvae", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=cli_env(), timeout=timeout)
+                          cwd=cwd, env=cli_env(), timeout=timeout, input=stdin)
+
+
+def assert_one_line_error(code: int, stderr: str, *needles: str) -> None:
+    """A user error: exit code 2 and one line ``error: ...`` holding every needle, no traceback."""
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
 
 
 @pytest.fixture

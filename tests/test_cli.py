@@ -12,7 +12,7 @@ import math
 import subprocess
 
 import pytest
-from conftest import DEBUG_DIR, SMALL_TEXT, run_cli, write_corpus
+from conftest import DEBUG_DIR, SMALL_TEXT, assert_one_line_error, run_cli, write_corpus
 
 from textvae.config import list_recipes, recipe_path
 from textvae.methods import METHODS, method_table
@@ -20,16 +20,6 @@ from textvae.tracking import read_metrics
 
 EVAL_KEYS = {"nll", "nll_stderr", "ppl", "elbo", "rec", "kl", "mi", "mi_ceiling", "mi_batch", "au", "iw_samples",
              "num_sequences", "num_tokens"}
-
-
-def assert_one_line_error(code: int, stderr: str, *needles: str) -> None:
-    assert code == 2, stderr
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: ")
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 # --- end to end -------------------------------------------------------------------------------

@@ -2,9 +2,12 @@
 
 from .config import Config, TextVAEError, load_recipe
 from .evaluate import EvalResult
+from .generation import DecodeConfig, analogy, interpolate, interpolate_pairs, reconstruct, sample
 from .model import TextVAE
+from .tracking import plot_run as plot
 
-__all__ = ["Config", "EvalResult", "TextVAE", "TextVAEError", "fit", "load_recipe"]
+__all__ = ["Config", "DecodeConfig", "EvalResult", "TextVAE", "TextVAEError", "analogy", "fit", "interpolate",
+           "interpolate_pairs", "load_recipe", "plot", "reconstruct", "sample"]
 __version__ = "0.1.0"
 
 

@@ -39,10 +39,14 @@ def prepare_run_dir(path: Path, resume: bool = False, overwrite: bool = False) -
     path.mkdir(parents=True, exist_ok=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_model_dir(model: TextVAE, tokenizer: TextTokenizer, path: Path) -> None:

@@ -6,14 +6,18 @@ line on stderr and exit code 2, with no traceback.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import shutil
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
 
 from .config import TextVAEError, list_recipes, load_recipe, recipe_path
+from .generation import DecodeConfig
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Variational autoencoders of text."
@@ -101,6 +105,180 @@ def eval_cmd(
         typer.echo(json.dumps(result))
     else:
         typer.echo(format_result(result, f"{split} results for {run_dir}"))
+
+
+# --- latent-space tools: sample, reconstruct, interpolate, analogy, plot ---------------------------
+
+RUN_DIR = typer.Argument(..., help="a run directory written by `textvae train`")
+SEED = typer.Option(0, "--seed", help="seeds z ~ p(z), posterior samples and token sampling")
+AS_JSON = typer.Option(False, "--json", help="print JSON instead of text")
+
+# name → (type, flag, help); the defaults are DecodeConfig's, except --strategy (per command).
+DECODING_OPTIONS = {
+    "strategy": (str, "--strategy", "greedy | sample | top-k | top-p | beam"),
+    "temperature": (float, "--temperature", "sample, top-k, top-p: divide the logits by T"),
+    "top_k": (int, "--top-k", "top-k: sample among the K most probable tokens"),
+    "top_p": (float, "--top-p", "top-p: sample among the fewest tokens with probability >= P in all"),
+    "beam": (int, "--beam", "beam: hypotheses kept per sentence"),
+    "max_length": (int, "--max-length", "tokens generated per sentence at most (</s> included)"),
+}
+
+
+def decoding_options(strategy: str):
+    """Give a command the options above, handed to it as one validated ``decoding: DecodeConfig``."""
+
+    def wrap(command):
+        defaults = {**asdict(DecodeConfig()), "strategy": strategy}
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                                   default=typer.Option(defaults[name], flag, help=help))
+                 for name, (kind, flag, help) in DECODING_OPTIONS.items()]
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "decoding"]
+
+        @functools.wraps(command)
+        def run(**kwargs):
+            decoding = DecodeConfig(**{name: kwargs.pop(name) for name in DECODING_OPTIONS}).validate()
+            return command(**kwargs, decoding=decoding)
+
+        run.__signature__ = inspect.Signature(own + extra)
+        run.__annotations__ = {p.name: p.annotation for p in own + extra}
+        return run
+
+    return wrap
+
+
+def read_input(source: str | Path) -> list[str]:
+    """Non-blank lines of a file, or of stdin for ``-``."""
+    from .data import read_lines
+
+    if str(source) == "-":
+        return read_lines(sys.stdin.buffer.read(), "<stdin>")
+    path = Path(source)
+    if not path.is_file():
+        raise TextVAEError(f"input file not found: {path}")
+    return read_lines(path.read_bytes(), path)
+
+
+@app.command()
+@decoding_options("sample")
+def sample(
+    run_dir: Path = RUN_DIR,
+    n: int = typer.Option(10, "-n", "--num-samples", help="sentences to sample"),
+    seed: int = SEED,
+    as_json: bool = AS_JSON,
+    decoding: DecodeConfig = None,
+):
+    """Sample sentences (z from the prior, then decoded); print them with distinct-1/2 and self-BLEU."""
+    from .generation import sample as sample_run
+
+    result = sample_run(run_dir, n, decoding, seed)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    typer.echo("\n".join(result.texts))
+    self_bleu = "n/a" if result.self_bleu is None else f"{result.self_bleu:.2f}"
+    typer.echo(f"# distinct-1 {result.distinct_1:.3f}  distinct-2 {result.distinct_2:.3f}  self-BLEU {self_bleu}")
+
+
+@app.command()
+@decoding_options("greedy")
+def reconstruct(
+    run_dir: Path = RUN_DIR,
+    source: str = typer.Option(..., "--input", "-i", help="sentences, one per line (FILE, or - for stdin)"),
+    z: str = typer.Option("mean", "--z", help="mean (posterior mean) | sample (one posterior sample)"),
+    seed: int = SEED,
+    as_json: bool = AS_JSON,
+    decoding: DecodeConfig = None,
+):
+    """Encode each input line and decode it again; print the outputs, corpus BLEU and exact-match rate."""
+    from .generation import reconstruct as reconstruct_run
+
+    result = reconstruct_run(run_dir, read_input(source), decoding, z, seed)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    typer.echo("\n".join(result.outputs))
+    typer.echo(f"# BLEU {result.bleu:.2f}  exact match {result.exact_match:.3f}  ({len(result.outputs)} sentences)")
+
+
+@app.command()
+@decoding_options("greedy")
+def interpolate(
+    run_dir: Path = RUN_DIR,
+    a: str = typer.Argument(None, help="sentence A (t = 0)"),
+    b: str = typer.Argument(None, help="sentence B (t = 1)"),
+    steps: int = typer.Option(8, "--steps", help="points on the path, both ends included"),
+    method: str = typer.Option("linear", "--method", help="linear | slerp"),
+    pairs: tuple[Path, Path] | None = typer.Option(None, "--pairs", help="A.txt B.txt: one path per line pair"),
+    out: Path = typer.Option(None, "--out", help="with --pairs: write the JSONL here (default: stdout)"),
+    seed: int = SEED,
+    as_json: bool = AS_JSON,
+    decoding: DecodeConfig = None,
+):
+    """Decode points on the path between the posterior means of two sentences (or of many pairs)."""
+    from .checkpoint import atomic_write_text
+    from .generation import interpolate_pairs
+
+    batch = pairs is not None
+    if batch == (a is not None or b is not None):
+        raise TextVAEError("interpolate takes two sentences A B, or --pairs A.txt B.txt (one of the two)")
+    if not batch and b is None:
+        raise TextVAEError("interpolate needs two sentences: A and B")
+    if out is not None and not batch:
+        raise TextVAEError("--out goes with --pairs")
+    if batch:
+        firsts, seconds = read_input(pairs[0]), read_input(pairs[1])
+        if len(firsts) != len(seconds):
+            raise TextVAEError(f"--pairs: {pairs[0]} has {len(firsts)} sentences but {pairs[1]} has {len(seconds)}")
+        results = interpolate_pairs(run_dir, list(zip(firsts, seconds, strict=True)), steps, method, decoding, seed)
+        jsonl = "".join(json.dumps(r.to_dict()) + "\n" for r in results)
+        if out is None:
+            typer.echo(jsonl, nl=False)
+        else:
+            atomic_write_text(out, jsonl)
+            typer.echo(f"wrote {len(results)} paths to {out}")
+        return
+    result = interpolate_pairs(run_dir, [(a, b)], steps, method, decoding, seed)[0]
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    for point in result.path:
+        typer.echo(f"{point['t']:.3f}  {point['text']}")
+    typer.echo(f"# endpoint match {result.endpoint_match}  distinct ratio {result.distinct_ratio:.3f}  "
+               f"mean edit distance {result.mean_edit_distance:.2f}")
+
+
+@app.command()
+@decoding_options("greedy")
+def analogy(
+    run_dir: Path = RUN_DIR,
+    a: str = typer.Argument(..., help="sentence A"),
+    b: str = typer.Argument(..., help="sentence B"),
+    c: str = typer.Argument(..., help="sentence C"),
+    seed: int = SEED,
+    as_json: bool = AS_JSON,
+    decoding: DecodeConfig = None,
+):
+    """A is to B as C is to ?: decode z(C) + z(B) − z(A) (posterior means)."""
+    from .generation import analogy as analogy_run
+
+    text = analogy_run(run_dir, a, b, c, decoding, seed)
+    typer.echo(json.dumps({"a": a, "b": b, "c": c, "text": text}) if as_json else text)
+
+
+@app.command()
+def plot(
+    run_dir: Path = RUN_DIR,
+    out: Path = typer.Option(None, "--out", help="folder for the PNGs (default: the run directory)"),
+    limit: int = typer.Option(None, "--limit", help="plot the first N validation sentences only"),
+):
+    """Write curves.png (training curves) and latent.png (validation posterior means, PCA, by label)."""
+    from .tracking import plot_run
+
+    written = plot_run(run_dir, out, limit)
+    for kind, path in written.items():
+        typer.echo(f"{kind}: {path}")
+    if "latent" not in written:
+        typer.echo("(a language model has no latent space: no latent.png)")
 
 
 @recipes_app.command("list")

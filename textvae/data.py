@@ -93,6 +93,23 @@ def check_fingerprint(path: Path, raw: bytes, expected: str) -> None:
         )
 
 
+def decode_utf8(raw: bytes, name: str | Path) -> str:
+    """``raw`` as text, or one line naming ``name`` and the line holding the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise TextVAEError(f"{name}:{line}: not valid UTF-8 (byte {raw[err.start]:#04x})") from None
+
+
+def read_lines(raw: bytes, name: str | Path) -> list[str]:
+    """The non-blank lines of a user's input file (``name`` labels errors), stripped; never empty."""
+    lines = [line.strip() for line in decode_utf8(raw, name).splitlines() if line.strip()]
+    if not lines:
+        raise TextVAEError(f"input file is empty: {name}")
+    return lines
+
+
 def check_file(path: Path, fmt: str, expected: str | None = None) -> None:
     """Fail with one line naming ``path`` if it is missing, empty, not UTF-8, malformed or altered."""
     if not path.is_file():
@@ -102,11 +119,7 @@ def check_file(path: Path, fmt: str, expected: str | None = None) -> None:
         raise TextVAEError(f"data file is empty: {path}")
     if expected is not None:
         check_fingerprint(path, raw, expected)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise TextVAEError(f"{path}:{line}: not valid UTF-8 (byte {raw[err.start]:#04x})") from None
+    text = decode_utf8(raw, path)
     if fmt == "tsv_label":
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -146,13 +159,14 @@ def read_split(path: Path, fmt: str, lowercase: bool = False) -> tuple[list[str]
 
 def load_texts(cfg: DataConfig) -> dict[str, tuple[list[str], list[int] | None]]:
     """Check and read train/valid/test. Returns ``{split: (texts, labels or None)}``."""
-    paths = data_paths(cfg)
-    out = {}
-    for split, path in paths.items():
-        expected = cfg.fingerprints.get(path.name) if cfg.verify else None
-        check_file(path, cfg.format, expected)
-        out[split] = read_split(path, cfg.format, cfg.lowercase)
-    return out
+    return {split: load_split(cfg, split) for split in SPLITS}
+
+
+def load_split(cfg: DataConfig, split: str) -> tuple[list[str], list[int] | None]:
+    """Check and read one split: ``(texts, labels or None)``."""
+    path = data_paths(cfg)[split]
+    check_file(path, cfg.format, cfg.fingerprints.get(path.name) if cfg.verify else None)
+    return read_split(path, cfg.format, cfg.lowercase)
 
 
 class TextDataset:

@@ -1,10 +1,19 @@
-"""Metrics as JSON lines, tqdm progress, and training-curve plots."""
+"""Metrics as JSON lines, tqdm progress, and plots: training curves and the latent space.
+
+Figures are written atomically (rendered in memory, then moved into place).
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_write_bytes
+from .config import TextVAEError
 
 
 class MetricsWriter:
@@ -30,21 +39,42 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def plot_training_curves(metrics_path: Path, out_png: Path) -> Path:
-    """Loss, rec, KL and KL weight per step (train) and per epoch (valid), plus valid MI and AU."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, out_png: Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    _pyplot().close(fig)
+    atomic_write_bytes(Path(out_png), buffer.getvalue())
+    return Path(out_png)
+
+
+def plot_training_curves(metrics_path: Path, out_png: Path) -> Path:
+    """Loss, rec, KL and KL weight per step (train) and per epoch (valid), plus valid MI and AU.
+
+    The critic's terms get panels when the run logged them; the x axis is the step,
+    with the epoch along the top.
+    """
+    plt = _pyplot()
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("split") == "train"]
     valid = [r for r in records if r.get("split") == "valid"]
     panels = [("loss", "loss (nats/seq)"), ("rec", "rec"), ("kl", "KL"), ("kl_weight", "KL weight"),
               ("mi", "MI (valid)"), ("au", "active units (valid)")]
     extra = [("critic_loss", "critic loss"), ("critic_mi_bound", "critic MI bound"),
+             ("critic_acc", "critic accuracy"), ("critic_weight", "critic weight λ"),
              ("encoder_steps_per_step", "aggressive: encoder steps per step")]
-    panels += [p for p in extra if any(p[0] in r for r in train)]
+    panels += [p for p in extra if any(p[0] in r for r in train + valid)]
+    # Full epochs end on multiples of the steps per epoch; a cut-short last epoch has a smaller ratio.
+    steps_per_epoch = max((r["step"] / r["epoch"] for r in valid if r.get("epoch")), default=0)
     cols = 3
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
@@ -55,10 +85,77 @@ def plot_training_curves(metrics_path: Path, out_png: Path) -> Path:
                 ax.plot(*zip(*pts, strict=True), label=label, marker="o" if label == "valid" else None, ms=3)
         ax.set_title(title)
         ax.set_xlabel("step")
+        if steps_per_epoch:
+            top = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
+            top.tick_params(labelsize=7)
+            top.set_xlabel("epoch", fontsize=7)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
+
+
+def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projection on the two principal components (an exact SVD of the centred points).
+
+    Returns the projected points and the fraction of the variance each component
+    explains. Shape: x (N, D) → (N, 2), (2,); missing components (D < 2) are zeros.
+    """
+    x = x.double() - x.double().mean(0)
+    _, s, vh = torch.linalg.svd(x, full_matrices=False)  # vh (min(N, D), D)
+    proj = x @ vh[:2].T  # (N, ≤2)
+    var = s**2
+    explained = var[:2] / var.sum().clamp_min(1e-300)
+    pad = 2 - proj.size(1)
+    return torch.nn.functional.pad(proj, (0, pad)).float(), torch.nn.functional.pad(explained, (0, pad)).float()
+
+
+def plot_latent_space(points: torch.Tensor, labels: list[int] | None, out_png: Path, title: str = "") -> Path:
+    """Scatter of 2-D points, coloured by class label when there are labels. Shape: points (N, 2)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    xy = points.cpu().numpy()
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.6)
+    else:
+        dots = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="viridis", s=6, alpha=0.7)
+        ax.legend(*dots.legend_elements(num=min(len(set(labels)), 10)), title="label", fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    fig.tight_layout()
+    return save_figure(fig, out_png)
+
+
+def plot_run(run, out_dir: str | Path | None = None, limit: int | None = None, device=None) -> dict[str, Path]:
+    """``curves.png`` (training curves) and ``latent.png`` (validation posterior means, PCA) of a run.
+
+    Written into ``out_dir`` (default: the run directory); points are coloured by label
+    when the corpus has labels (``data.format=tsv_label``). A language model has no
+    latent space, so it gets the curves only. ``limit`` keeps the first N validation
+    sentences. Returns ``{"curves": path, "latent": path}``.
+    """
+    from .data import load_split
+    from .generation import encode_texts, load
+
+    if limit is not None and limit < 1:
+        raise TextVAEError(f"--limit must be >= 1, not {limit}")
+    run = Path(run)
+    lm = load(run, device=device)
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        raise TextVAEError(f"{run}: no metrics.jsonl to plot")
+    out = run if out_dir is None else Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise TextVAEError(f"--out must be a folder: {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"curves": plot_training_curves(metrics, out / "curves.png")}
+    if lm.model.latent_dim > 0:
+        texts, labels = load_split(lm.cfg.data, "valid")
+        texts, labels = texts[:limit], None if labels is None else labels[:limit]
+        points, explained = pca_2d(encode_texts(lm, texts).cpu())
+        title = (f"{run.name}: posterior means of {len(texts)} validation sentences\n"
+                 f"PCA: {explained[0]:.1%} + {explained[1]:.1%} of the variance")
+        written["latent"] = plot_latent_space(points, labels, out / "latent.png", title)
+    return written

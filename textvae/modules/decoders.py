@@ -1,4 +1,13 @@
-"""Autoregressive decoders: ``(input_ids (N, T), z (N, D) or None) → logits (N, T, V)``."""
+"""Autoregressive decoders: ``(input_ids (N, T), z (N, D) or None) → logits (N, T, V)``.
+
+Every decoder offers the same incremental interface, which :mod:`textvae.generation`
+relies on: ``decoder(input_ids, z, state=None, return_state=True) → (logits, state)``,
+where feeding one token at a time with the returned ``state`` continues the sequence;
+and ``decoder.reorder_state(state, index)``, which selects (and repeats) batch rows of
+a state for beam search. The state is opaque outside its decoder: only the decoder knows
+its layout, so only the decoder reorders it (:func:`select_rows` does the work for
+tuples and lists of tensors).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +26,16 @@ def word_dropout(input_ids: torch.Tensor, p: float, unk_id: int, keep_ids: tuple
     drop = torch.rand(input_ids.shape, device=input_ids.device) < p  # (N, T)
     drop &= ~torch.isin(input_ids, torch.tensor(keep_ids, device=input_ids.device))
     return input_ids.masked_fill(drop, unk_id)
+
+
+def select_rows(state, index: torch.Tensor, dim: int = 1):
+    """``state`` (a tensor, or tuples / lists of them, nested) with its batch rows picked by ``index``.
+
+    Shape: each tensor with N rows in ``dim`` → N' = len(index) rows.
+    """
+    if isinstance(state, torch.Tensor):
+        return state.index_select(dim, index)
+    return type(state)(select_rows(s, index, dim) for s in state)
 
 
 class LSTMDecoder(nn.Module):
@@ -72,6 +91,10 @@ class LSTMDecoder(nn.Module):
         out, state = self.lstm(emb, state)  # (N, T, H)
         logits = self.pred_linear(self.dropout_out(out))  # (N, T, V)
         return (logits, state) if return_state else logits
+
+    def reorder_state(self, state, index: torch.Tensor):
+        """Batch rows ``index`` of a state from :meth:`forward` (beam search). Shape: (h, c) each (1, N, H)."""
+        return select_rows(state, index, dim=1)
 
 
 DECODERS = {"lstm": LSTMDecoder}
