@@ -46,9 +46,14 @@ def test_symmetric_loss_adds_the_column_direction():
     assert both.item() == pytest.approx(0.5 * (row.item() + col.item()), rel=1e-6)
 
 
+TRANSFORMER_ENCODER = dict(encoder="transformer", enc_layers=1, num_heads=2, dropout=0.0)
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "transformer"])
 @pytest.mark.parametrize("kind", ["self", "neural", "hybrid"])
-def test_critic_gradient_reaches_encoder_and_critic_not_decoder(kind):
-    model = make_model(seed=1, init_range=0.5, emb_init_range=0.5).train()
+def test_critic_gradient_reaches_encoder_and_critic_not_decoder(kind, encoder):
+    extra = TRANSFORMER_ENCODER if encoder == "transformer" else {}
+    model = make_model(seed=1, init_range=0.5, emb_init_range=0.5, **extra).train()
     cfg = CriticConfig(type=kind, embed_dim=8, hidden_dim=8, proj_dim=8)
     critic = build_critic(cfg, model)
     batch = TextDataset(random_ids([5, 6, 7, 5, 6, 7])).collate(list(range(6)))
@@ -61,8 +66,7 @@ def test_critic_gradient_reaches_encoder_and_critic_not_decoder(kind):
     if kind != "self":
         own = [p for n, p in critic.named_parameters() if not n.startswith("x_encoder.embed")]
         assert all(p.grad is not None for p in own)
-        assert critic.x_encoder.embed is (model.encoder.embed if kind == "hybrid" else critic.x_encoder.embed)
-        assert (critic.x_encoder.embed is model.encoder.embed) == (kind == "hybrid")
+        assert (critic.x_encoder.embed is model.encoder.get_input_embeddings()) == (kind == "hybrid")
     assert bound.item() == pytest.approx(math.log(6) - loss.item(), abs=1e-5)
 
 
