@@ -79,6 +79,16 @@ def tiny_dataset() -> TextDataset:
     return TextDataset(random_ids([3, 10, 5, 7, 4, 9, 6, 8, 3, 10, 5, 7], seed=3))
 
 
+def decode_incrementally(decoder, input_ids: torch.Tensor, z: torch.Tensor | None, prompt: int) -> torch.Tensor:
+    """Logits of a ``prompt``-token first call, then one token per call continuing the returned state."""
+    logits, state = decoder(input_ids[:, :prompt], z, return_state=True)
+    steps = [logits]
+    for t in range(prompt, input_ids.size(1)):
+        logits, state = decoder(input_ids[:, t : t + 1], z, state=state, return_state=True)
+        steps.append(logits)
+    return torch.cat(steps, dim=1)
+
+
 def assert_same_final_weights(run_a: Path, run_b: Path) -> None:
     """The last checkpoints of two run directories hold the same weights (e.g. resumed vs uninterrupted)."""
     from safetensors.torch import load_file

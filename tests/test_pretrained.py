@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import SMALL_TEXT, write_corpus
+from conftest import SMALL_TEXT, decode_incrementally, write_corpus
 
 from textvae.checkpoint import load_model_dir, load_run, save_model_dir
 from textvae.config import load_recipe
@@ -88,12 +88,8 @@ def test_latent_conditions_decoder_causally_and_the_cache_matches(tiny_pretraine
             plain = optimus(tiny_pretrained, tokenizer)
             torch.nn.init.zeros_(getattr(plain.decoder, f"latent_{'embedding' if only == 'memory' else 'memory'}").weight)
             assert (plain.decode(ids, z) - plain.decode(ids, -z)).abs().max() > 1e-3, only
-        logits, state = model.decoder(ids[:, :3], z, return_state=True)
-        steps = [logits]
-        for t in range(3, ids.size(1)):
-            logits, state = model.decoder(ids[:, t : t + 1], z, state=state, return_state=True)
-            steps.append(logits)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+        stepwise = decode_incrementally(model.decoder, ids, z, prompt=3)
+    torch.testing.assert_close(stepwise, full, atol=1e-5, rtol=1e-5)
 
 
 def test_save_load_round_trip_is_offline(tmp_path, tiny_pretrained, tokenizer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model, random_ids
+from conftest import decode_incrementally, make_model, random_ids
 from torch import nn
 
 from textvae.config import EvalConfig, TextVAEError, load_recipe
@@ -66,12 +66,8 @@ def test_kv_cache_gives_the_logits_of_one_full_pass(batch, injection, latent_dim
     ids = batch.input_ids
     with torch.no_grad():
         full = model.decode(ids, z)
-        logits, state = model.decoder(ids[:, :4], z, return_state=True)  # a prompt, then one token at a time
-        steps = [logits]
-        for t in range(4, ids.size(1)):
-            logits, state = model.decoder(ids[:, t : t + 1], z, state=state, return_state=True)
-            steps.append(logits)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+        stepwise = decode_incrementally(model.decoder, ids, z, prompt=4)
+    torch.testing.assert_close(stepwise, full, atol=1e-5, rtol=1e-5)
     # reorder_state selects rows of the cache (beam search): row 2's continuation, alone
     with torch.no_grad():
         _, state = model.decoder(ids[:, :4], z, return_state=True)

@@ -65,6 +65,10 @@ class TextTokenizer:
     def save(self, directory: str | Path) -> None:
         raise NotImplementedError
 
+    def save_kind(self, directory: Path) -> None:
+        """``tokenizer_config.json``: which class :func:`load_tokenizer` reads the folder with."""
+        (directory / "tokenizer_config.json").write_text(json.dumps({"type": self.kind}))
+
 
 class HFTokenizer(TextTokenizer):
     """Word level, BPE or unigram model on HF ``tokenizers``; saved as ``tokenizer.json``."""
@@ -127,7 +131,7 @@ class HFTokenizer(TextTokenizer):
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         self.tok.save(str(directory / "tokenizer.json"))
-        (directory / "tokenizer_config.json").write_text(json.dumps({"type": self.kind}))
+        self.save_kind(directory)
 
 
 class SentencePieceTokenizer(TextTokenizer):
@@ -180,7 +184,7 @@ class SentencePieceTokenizer(TextTokenizer):
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         (directory / "spm.model").write_bytes(self.proto)
-        (directory / "tokenizer_config.json").write_text(json.dumps({"type": self.kind}))
+        self.save_kind(directory)
 
 
 class PretrainedTokenizer(TextTokenizer):
@@ -228,7 +232,7 @@ class PretrainedTokenizer(TextTokenizer):
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         self.tok.save_pretrained(str(directory / self.folder))
-        (directory / "tokenizer_config.json").write_text(json.dumps({"type": self.kind}))
+        self.save_kind(directory)
 
 
 class PairedTokenizer(TextTokenizer):
@@ -262,7 +266,7 @@ class PairedTokenizer(TextTokenizer):
         for name, tok in (("decoder_tokenizer", self.decoder), ("encoder_tokenizer", self.encoder_tokenizer)):
             (directory / name).mkdir(parents=True, exist_ok=True)
             tok.save(directory / name)
-        (directory / "tokenizer_config.json").write_text(json.dumps({"type": self.kind}))
+        self.save_kind(directory)
 
 
 def train_tokenizer(texts: list[str], cfg: TokenizerConfig) -> TextTokenizer:
