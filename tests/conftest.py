@@ -79,6 +79,16 @@ def tiny_dataset() -> TextDataset:
     return TextDataset(random_ids([3, 10, 5, 7, 4, 9, 6, 8, 3, 10, 5, 7], seed=3))
 
 
+def decode_incrementally(decoder, input_ids: torch.Tensor, z: torch.Tensor | None, prompt: int) -> torch.Tensor:
+    """Logits of a ``prompt``-token first call, then one token per call continuing the returned state."""
+    logits, state = decoder(input_ids[:, :prompt], z, return_state=True)
+    steps = [logits]
+    for t in range(prompt, input_ids.size(1)):
+        logits, state = decoder(input_ids[:, t : t + 1], z, state=state, return_state=True)
+        steps.append(logits)
+    return torch.cat(steps, dim=1)
+
+
 def assert_same_final_weights(run_a: Path, run_b: Path) -> None:
     """The last checkpoints of two run directories hold the same weights (e.g. resumed vs uninterrupted)."""
     from safetensors.torch import load_file
@@ -164,3 +174,45 @@ def debug_run(tmp_path_factory) -> SimpleNamespace:
     proc = run_cli("train", "debug", "train.max_steps=30", "eval.iw_samples=5", "--output-dir", run, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return SimpleNamespace(dir=run, stdout=proc.stdout, stderr=proc.stderr)
+
+
+# --- tiny pretrained models (transformers), built locally: no download -----------------------------
+
+
+def build_tiny_pretrained(root: Path) -> SimpleNamespace:
+    """A random tiny BERT and a tiny GPT-2 with word-level tokenizers over SMALL_TEXT's words, saved with
+    ``save_pretrained`` in ``root/bert`` and ``root/gpt2``, as a downloaded model would be.
+
+    The two vocabularies differ (BERT: [PAD] [UNK] [CLS] [SEP] first; GPT-2: <|endoftext|> only, no padding
+    token), so a BERT → GPT-2 model needs its two tokenizations.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = sorted(set(SMALL_TEXT.split()))
+
+    def word_level(specials: list[str], unk: str) -> Tokenizer:
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + words)}, unk_token=unk))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return tok
+
+    torch.manual_seed(0)
+    eot = "<|endoftext|>"
+    gpt2_tok = PreTrainedTokenizerFast(tokenizer_object=word_level([eot], eot), bos_token=eot, eos_token=eot,
+                                       unk_token=eot)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(gpt2_tok), n_embd=16, n_layer=2, n_head=2, n_positions=64,
+                                      bos_token_id=0, eos_token_id=0))
+    bert_tok = PreTrainedTokenizerFast(tokenizer_object=word_level(["[PAD]", "[UNK]", "[CLS]", "[SEP]"], "[UNK]"),
+                                       pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
+    bert = BertModel(BertConfig(vocab_size=len(bert_tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=64))
+    for name, tok, model in (("gpt2", gpt2_tok, gpt2), ("bert", bert_tok, bert)):
+        tok.save_pretrained(root / name)
+        model.save_pretrained(root / name)
+    return SimpleNamespace(bert=root / "bert", gpt2=root / "gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tmp_path_factory) -> SimpleNamespace:
+    """``.bert`` and ``.gpt2``: folders holding tiny random models and their tokenizers (see build_tiny_pretrained)."""
+    return build_tiny_pretrained(tmp_path_factory.mktemp("pretrained"))

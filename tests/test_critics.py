@@ -46,9 +46,14 @@ def test_symmetric_loss_adds_the_column_direction():
     assert both.item() == pytest.approx(0.5 * (row.item() + col.item()), rel=1e-6)
 
 
+TRANSFORMER_ENCODER = dict(encoder="transformer", enc_layers=1, num_heads=2, dropout=0.0)
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "transformer"])
 @pytest.mark.parametrize("kind", ["self", "neural", "hybrid", "hybrid-shared-encoder"])
-def test_critic_gradient_reaches_encoder_and_critic_not_decoder(kind):
-    model = make_model(seed=1, init_range=0.5, emb_init_range=0.5).train()
+def test_critic_gradient_reaches_encoder_and_critic_not_decoder(kind, encoder):
+    extra = TRANSFORMER_ENCODER if encoder == "transformer" else {}
+    model = make_model(seed=1, init_range=0.5, emb_init_range=0.5, **extra).train()
     shared = kind == "hybrid-shared-encoder"
     kind = "hybrid" if shared else kind
     cfg = CriticConfig(type=kind, embed_dim=8, hidden_dim=8, proj_dim=8, share_encoder=shared)
@@ -62,12 +67,12 @@ def test_critic_gradient_reaches_encoder_and_critic_not_decoder(kind):
     assert model.posterior.linear.weight.grad.abs().sum() > 0
     if shared:  # no LSTM of its own: MLP heads on the inference encoder's h
         assert critic.x_encoder is None and all(p.grad is not None for p in critic.parameters())
-        assert model.encoder.lstm.weight_hh_l0.grad.abs().sum() > 0
+        beyond_embedding = [p for n, p in model.encoder.named_parameters() if "embed" not in n]
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in beyond_embedding)
     elif kind != "self":
         own = [p for n, p in critic.named_parameters() if not n.startswith("x_encoder.embed")]
         assert all(p.grad is not None for p in own)
-        assert critic.x_encoder.embed is (model.encoder.embed if kind == "hybrid" else critic.x_encoder.embed)
-        assert (critic.x_encoder.embed is model.encoder.embed) == (kind == "hybrid")
+        assert (critic.x_encoder.embed is model.encoder.get_input_embeddings()) == (kind == "hybrid")
     assert bound.item() == pytest.approx(math.log(6) - loss.item(), abs=1e-5)
 
 

@@ -13,7 +13,7 @@ from textvae.data import TextDataset
 from textvae.evaluate import EvalResult, evaluate
 
 KEYS = {"nll", "nll_stderr", "ppl", "elbo", "rec", "kl", "mi", "mi_ceiling", "mi_batch", "au", "iw_samples",
-        "num_sequences", "num_tokens"}
+        "num_sequences", "num_tokens", "nll_per_word", "ppl_per_word", "num_words"}
 
 
 def test_eval_result_fields_follow_the_protocol(informative_model, tiny_dataset):
@@ -98,3 +98,35 @@ def test_evaluate_leaves_the_callers_random_stream_alone(tiny_model, tiny_datase
         after.append(torch.randn(4))
     # the stream after evaluate depends on what the caller seeded, not on evaluate's own seed
     assert not torch.equal(after[0], after[1])
+
+
+def test_nll_per_word_counts_whitespace_words_plus_end_of_sequence(lm_model):
+    """A uniform LM over V tokens: every predicted token costs log V nats, whatever the tokenization."""
+    with torch.no_grad():
+        lm_model.decoder.pred_linear.weight.zero_()
+        lm_model.decoder.pred_linear.bias.zero_()  # logits 0: uniform over the V = 30 tokens
+    texts = ["a b c", "d e"]  # 3 + 2 whitespace words
+    subwords = [[4, 5, 6, 7, 8], [9, 10, 11]]  # as a BPE might cut them: 5 + 3 tokens
+    result = evaluate(lm_model, TextDataset(subwords, texts=texts), EvalConfig(), progress=False)
+    log_v = math.log(30)
+    assert result.nll == pytest.approx((6 + 4) / 2 * log_v, rel=1e-5)  # (tokens + </s>) · log V per sequence
+    assert result.num_tokens == 10 and result.num_words == (3 + 1) + (2 + 1)
+    assert result.nll_per_word == pytest.approx(10 * log_v / 7, rel=1e-5)
+    assert result.ppl_per_word == pytest.approx(30 ** (10 / 7), rel=1e-5)
+    assert result.ppl == pytest.approx(30, rel=1e-5)
+    # without texts (a dataset built from ids alone) there are no words to count
+    bare = evaluate(lm_model, TextDataset(subwords), EvalConfig(), progress=False)
+    assert bare.nll_per_word is None and bare.ppl_per_word is None and bare.num_words is None
+
+
+def test_word_level_nll_per_word_is_log_ppl(informative_model):
+    from textvae.config import TokenizerConfig
+    from textvae.tokenization import train_tokenizer
+
+    texts = ["the cat sat on the mat .", "a dog ran", "the <unk> sat"]
+    tokenizer = train_tokenizer(texts, TokenizerConfig(type="word"))
+    dataset = TextDataset.from_texts(texts, tokenizer)
+    result = evaluate(informative_model, dataset, EvalConfig(iw_samples=3), progress=False)
+    assert result.num_words == result.num_tokens
+    assert result.ppl_per_word == pytest.approx(result.ppl, rel=1e-9)
+    assert result.nll_per_word == pytest.approx(math.log(result.ppl), rel=1e-9)

@@ -29,12 +29,14 @@ app.add_typer(recipes_app, name="recipes")
 app.add_typer(data_app, name="data")
 app.add_typer(methods_app, name="methods")
 
-TABLE_KEYS = ("nll", "nll_stderr", "ppl", "elbo", "rec", "kl", "mi", "mi_ceiling", "mi_batch", "au")
+TABLE_KEYS = ("nll", "nll_stderr", "ppl", "nll_per_word", "ppl_per_word", "elbo", "rec", "kl", "mi", "mi_ceiling",
+              "mi_batch", "au")
 
 
 def format_result(result: dict, title: str) -> str:
-    rows = [f"{title}"] + [f"  {key:<11} {result[key]:.4f}" if isinstance(result[key], float)
-                            else f"  {key:<11} {result[key]}" for key in TABLE_KEYS]
+    shown = [key for key in TABLE_KEYS if result.get(key) is not None]  # per-word figures need the texts
+    rows = [f"{title}"] + [f"  {key:<12} {result[key]:.4f}" if isinstance(result[key], float)
+                            else f"  {key:<12} {result[key]}" for key in shown]
     rows.append(f"  (IW-NLL with K={result['iw_samples']} over {result['num_sequences']} sequences, "
                 f"{result['num_tokens']} predicted tokens; nats)")
     return "\n".join(rows)

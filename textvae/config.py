@@ -41,18 +41,18 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    type: str = "word"  # word | bpe | unigram | sentencepiece
+    type: str = "word"  # word | bpe | unigram | sentencepiece | pretrained (the pretrained decoder's own)
     vocab_size: int | None = None  # None: every training word (word) / required size for subwords
     min_freq: int = 1  # word and bpe: drop rarer tokens (they become <unk>)
 
 
 @dataclass
 class ModelConfig:
-    preset: str | None = None  # named architecture (lstm-he2019, lstm-ptb, lstm-synthetic); fields below override it
-    encoder: str | None = None  # lstm
-    decoder: str | None = None  # lstm
-    embed_dim: int | None = None  # word embedding size (encoder and decoder)
-    enc_hidden_dim: int | None = None
+    preset: str | None = None  # named architecture (lstm-ptb, transformer-small, optimus, ...); fields below override it
+    encoder: str | None = None  # lstm | transformer | pretrained
+    decoder: str | None = None  # lstm | transformer | pretrained
+    embed_dim: int | None = None  # LSTM word embedding size (encoder and decoder)
+    enc_hidden_dim: int | None = None  # LSTM state size / Transformer width (its embedding size too)
     dec_hidden_dim: int | None = None
     latent_dim: int | None = None  # 0 = plain language model (no encoder, no latent)
     dec_dropout_in: float | None = None  # dropout on decoder input embeddings
@@ -62,6 +62,17 @@ class ModelConfig:
     encoder_init: str | None = None  # uniform (He et al.'s ranges above) | default (PyTorch's init for the encoder)
     bn_gamma: float | None = None  # BN-VAE: batch-normalise μ with this fixed scale γ and a learnt shift (0 = off)
     word_dropout: float | None = None  # probability of replacing a decoder input word by <unk> in training (0 = off)
+    enc_layers: int | None = None  # transformer encoder blocks
+    dec_layers: int | None = None  # transformer decoder blocks
+    num_heads: int | None = None  # attention heads (encoder and decoder)
+    ffn_dim: int | None = None  # transformer feed-forward width (0: 4 × the width)
+    dropout: float | None = None  # transformer: on attention weights and residual branches
+    positions: str | None = None  # transformer: learned | sinusoidal
+    max_positions: int | None = None  # learned positions: longest sequence in tokens (<s> and </s> included)
+    pooling: str | None = None  # encoder output: mean | first (<s> / [CLS]) | pooler (pretrained encoder only)
+    latent_injection: str | None = None  # transformer decoder: prefix | embedding | memory (Optimus)
+    encoder_name: str | None = None  # pretrained encoder: hub id (bert-base-cased) or local path
+    decoder_name: str | None = None  # pretrained decoder (GPT-2 family): hub id (gpt2) or local path
 
 
 @dataclass
@@ -247,13 +258,16 @@ def validate(cfg: Config) -> Config:
     """Check value ranges and choices that types alone do not capture."""
     choices = {
         "data.format": (cfg.data.format, ("text", "tsv_label")),
-        "tokenizer.type": (cfg.tokenizer.type, ("word", "bpe", "unigram", "sentencepiece")),
+        "tokenizer.type": (cfg.tokenizer.type, ("word", "bpe", "unigram", "sentencepiece", "pretrained")),
         "train.optimizer": (cfg.train.optimizer, ("sgd", "adam")),
         "device": (cfg.device, ("cpu", "cuda", "auto")),
         "critic.type": (cfg.critic.type, ("none", "self", "neural", "hybrid")),
         "critic.z": (cfg.critic.z, ("sample", "mean")),
         "critic.optimizer": (cfg.critic.optimizer, ("same", "adam")),
         "model.encoder_init": (cfg.model.encoder_init or "uniform", ("uniform", "default")),
+        "model.positions": (cfg.model.positions or "learned", ("learned", "sinusoidal")),
+        "model.pooling": (cfg.model.pooling or "mean", ("mean", "first", "pooler")),
+        "model.latent_injection": (cfg.model.latent_injection or "memory", ("prefix", "embedding", "memory")),
         "train.kl_schedule": (cfg.train.kl_schedule, ("linear", "cyclical")),
         "train.free_bits_mode": (cfg.train.free_bits_mode, ("batch_dim", "example_dim", "example_total")),
     }
@@ -281,6 +295,7 @@ def validate(cfg: Config) -> Config:
         "train.kl_ratio_zero": (cfg.train.kl_ratio_zero, 0.0, 1.0),
         "model.bn_gamma": (cfg.model.bn_gamma or 0.0, 0.0, math.inf),
         "model.word_dropout": (cfg.model.word_dropout or 0.0, 0.0, 1.0),
+        "model.dropout": (cfg.model.dropout or 0.0, 0.0, 1.0),
     }
     for key, (value, low, high) in ranges.items():
         if not low <= value <= high:

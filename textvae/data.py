@@ -4,7 +4,11 @@ Files are checked first (present, non-empty, valid UTF-8, well-formed
 ``label<TAB>text`` lines, sha256 fingerprint) so that bad input fails with one
 line naming the file, then loaded through ``datasets``. Batches group sequences
 of equal or near-equal length (DESIGN.md §5), so padding is rare, and are
-padded with ``<pad>``; every sequence is framed as ``<s> w1 .. wn </s>``.
+padded with ``<pad>``; every sequence is framed as ``<s> w1 .. wn </s>`` (with the
+tokenizer's own start and end symbols). When the encoder has a tokenizer of its own
+(a pretrained encoder, :class:`~textvae.tokenization.PairedTokenizer`), each batch also
+carries the encoder's framing of the same sequences; otherwise the encoder reads the
+decoder's ids.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class Batch:
         input_ids, attention_mask: (B, T) with T = longest sequence + 2 (``<s>`` and ``</s>``).
         lengths: (B,) tokens per sequence including ``<s>`` and ``</s>``.
         indices: (B,) positions of the sequences in their split.
+        encoder_input_ids, encoder_attention_mask: (B, T_enc), the encoder's tokenization;
+            the same tensors as input_ids and attention_mask when encoder and decoder share a tokenizer.
     """
 
     input_ids: torch.Tensor
@@ -39,14 +45,23 @@ class Batch:
     lengths: torch.Tensor
     indices: torch.Tensor
     class_labels: torch.Tensor | None = None
+    encoder_input_ids: torch.Tensor | None = None
+    encoder_attention_mask: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.encoder_input_ids is None:
+            self.encoder_input_ids, self.encoder_attention_mask = self.input_ids, self.attention_mask
 
     def to(self, device: torch.device | str) -> Batch:
+        shared = self.encoder_input_ids is self.input_ids
         return Batch(
             self.input_ids.to(device),
             self.attention_mask.to(device),
             self.lengths.to(device),
             self.indices.to(device),
             None if self.class_labels is None else self.class_labels.to(device),
+            None if shared else self.encoder_input_ids.to(device),
+            None if shared else self.encoder_attention_mask.to(device),
         )
 
     @property
@@ -170,12 +185,21 @@ def load_split(cfg: DataConfig, split: str) -> tuple[list[str], list[int] | None
 
 
 class TextDataset:
-    """Token ids of one split (without ``<s>``/``</s>``), plus class labels when the corpus has them."""
+    """Token ids of one split (without ``<s>``/``</s>``), plus class labels when the corpus has them.
 
-    def __init__(self, ids: list[list[int]], labels: list[int] | None = None, texts: list[str] | None = None):
+    ``special_ids`` = (pad, bos, eos) frame and pad the decoder's sequences;
+    ``encoder_ids`` / ``encoder_special_ids`` the encoder's, when it has its own tokenizer.
+    """
+
+    def __init__(self, ids: list[list[int]], labels: list[int] | None = None, texts: list[str] | None = None,
+                 special_ids: tuple[int, int, int] = (0, 1, 2), encoder_ids: list[list[int]] | None = None,
+                 encoder_special_ids: tuple[int, int, int] | None = None):
         self.ids = ids
         self.labels = labels
         self.texts = texts
+        self.special_ids = special_ids
+        self.encoder_ids = encoder_ids
+        self.encoder_special_ids = encoder_special_ids
 
     @classmethod
     def from_texts(
@@ -185,10 +209,15 @@ class TextDataset:
         labels: list[int] | None = None,
         max_length: int | None = None,
     ) -> TextDataset:
-        ids = tokenizer.encode_batch(texts)
+        """Tokenize ``texts``; ``max_length`` truncates each tokenization (the encoder's too) to that many tokens."""
+        enc_tok = tokenizer.encoder_tokenizer
+        ids, enc_ids = tokenizer.encode_batch(texts), None if enc_tok is None else enc_tok.encode_batch(texts)
         if max_length is not None:
             ids = [seq[:max_length] for seq in ids]
-        return cls(ids, labels, texts)
+            enc_ids = None if enc_ids is None else [seq[:max_length] for seq in enc_ids]
+        framing = (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
+        enc_framing = None if enc_tok is None else (enc_tok.pad_id, enc_tok.bos_id, enc_tok.eos_id)
+        return cls(ids, labels, texts, framing, enc_ids, enc_framing)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -197,19 +226,27 @@ class TextDataset:
     def num_predicted_tokens(self) -> int:
         return sum(len(s) + 1 for s in self.ids)
 
+    @property
+    def num_words(self) -> int | None:
+        """Whitespace words + one ``</s>`` per sequence (as ``ppl`` counts predicted tokens); None without texts."""
+        return None if self.texts is None else sum(len(t.split()) + 1 for t in self.texts)
+
     def subset(self, n: int) -> TextDataset:
         """The first ``n`` sequences (``eval --limit``)."""
-        return TextDataset(
-            self.ids[:n], None if self.labels is None else self.labels[:n], None if self.texts is None else self.texts[:n]
-        )
+        def first(items):
+            return None if items is None else items[:n]
+
+        return TextDataset(self.ids[:n], first(self.labels), first(self.texts), self.special_ids,
+                           first(self.encoder_ids), self.encoder_special_ids)
 
     def batches(
-        self, batch_size: int, shuffle: bool = False, seed: int = 0, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2
+        self, batch_size: int, shuffle: bool = False, seed: int = 0, pad_id: int | None = None,
+        bos_id: int | None = None, eos_id: int | None = None,
     ) -> list[Batch]:
         """Length-bucketed batches: sort by length (ties broken randomly), cut, shuffle the batch order.
 
         With ``shuffle=False`` the order is deterministic (sorted by length), which
-        evaluation and the per-batch MI estimator rely on.
+        evaluation and the per-batch MI estimator rely on. The special ids default to the dataset's.
         """
         rng = random.Random(seed)
         order = list(range(len(self.ids)))
@@ -221,15 +258,27 @@ class TextDataset:
             rng.shuffle(groups)
         return [self.collate(g, pad_id, bos_id, eos_id) for g in groups]
 
-    def collate(self, indices: list[int], pad_id: int = 0, bos_id: int = 1, eos_id: int = 2) -> Batch:
-        seqs = [[bos_id, *self.ids[i], eos_id] for i in indices]
-        lengths = torch.tensor([len(s) for s in seqs])
-        input_ids = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            input_ids[row, : len(seq)] = torch.tensor(seq)
-        attention_mask = (torch.arange(input_ids.size(1))[None, :] < lengths[:, None]).long()
+    def collate(self, indices: list[int], pad_id: int | None = None, bos_id: int | None = None,
+                eos_id: int | None = None) -> Batch:
+        framing = [given if given is not None else own
+                   for given, own in zip((pad_id, bos_id, eos_id), self.special_ids, strict=True)]
+        input_ids, attention_mask, lengths = frame(self.ids, indices, *framing)
         labels = None if self.labels is None else torch.tensor([self.labels[i] for i in indices])
-        return Batch(input_ids, attention_mask, lengths, torch.tensor(indices), labels)
+        encoder = (None, None)
+        if self.encoder_ids is not None:
+            encoder = frame(self.encoder_ids, indices, *self.encoder_special_ids)[:2]
+        return Batch(input_ids, attention_mask, lengths, torch.tensor(indices), labels, *encoder)
+
+
+def frame(ids: list[list[int]], indices: list[int], pad_id: int, bos_id: int, eos_id: int):
+    """``<s> ids </s>`` for each chosen sequence, right-padded. Returns input_ids, attention_mask (B, T), lengths (B,)."""
+    seqs = [[bos_id, *ids[i], eos_id] for i in indices]
+    lengths = torch.tensor([len(s) for s in seqs])
+    input_ids = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+    attention_mask = (torch.arange(input_ids.size(1))[None, :] < lengths[:, None]).long()
+    return input_ids, attention_mask, lengths
 
 
 def generate_synthetic(

@@ -35,6 +35,10 @@ class EvalResult:
     iw_samples: int  # K
     num_sequences: int
     num_tokens: int  # predicted tokens
+    # Tokenizer-independent: Σ nll / Σ (whitespace words + 1 for </s>), nats; None when the texts are unknown
+    nll_per_word: float | None = None
+    ppl_per_word: float | None = None  # exp(nll_per_word)
+    num_words: int | None = None  # whitespace words + one </s> per sequence
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +60,13 @@ def evaluate(
         iw: compute the importance-weighted NLL with ``cfg.iw_samples`` samples;
             when False (per-epoch validation), ``nll`` is −ELBO and ``iw_samples`` is 1.
         seed: seeds the posterior samples so that an evaluation is reproducible.
+
+    ``nll_per_word`` = Σ nll / Σ (whitespace words + 1) counts the end of each sequence as
+    one word, exactly as ``ppl`` counts ``</s>`` among the predicted tokens (DESIGN.md §4),
+    so models with different tokenizers (word, BPE, unigram, sentencepiece, GPT-2's) compare
+    on it. It is reported for every tokenizer; for a word-level one, whose tokens are the
+    whitespace words, it equals log ``ppl`` and ``ppl_per_word`` equals ``ppl``. It needs the
+    dataset's texts (``TextDataset.from_texts``); without them both are None.
     """
     cfg = cfg or EvalConfig()
     # Seeded for reproducibility, in a forked RNG so the caller's stream (training) is untouched.
@@ -74,7 +85,7 @@ def _evaluate(model, dataset: TextDataset, cfg: EvalConfig, device, iw: bool, se
     batches = dataset.batches(cfg.batch_size)
     for batch in tqdm(batches, desc="eval", leave=False, disable=None if progress else True):
         batch = batch.to(device)
-        out = model(batch.input_ids, batch.attention_mask)
+        out = model(batch.input_ids, batch.attention_mask, batch.encoder_input_ids, batch.encoder_attention_mask)
         rec.append(out.rec.cpu())
         kl.append(out.kl.cpu())
         if latent and iw:
@@ -98,6 +109,8 @@ def _evaluate(model, dataset: TextDataset, cfg: EvalConfig, device, iw: bool, se
         mi = mi_batch = 0.0
         au = 0
     model.train(was_training)
+    num_words = dataset.num_words
+    nll_per_word = float(nll_t.sum()) / num_words if num_words else None
     return EvalResult(
         nll=float(nll_t.mean()),
         nll_stderr=float(nll_t.std() / math.sqrt(n)) if n > 1 else 0.0,
@@ -112,4 +125,7 @@ def _evaluate(model, dataset: TextDataset, cfg: EvalConfig, device, iw: bool, se
         iw_samples=cfg.iw_samples if (latent and iw) else (1 if latent else 0),
         num_sequences=n,
         num_tokens=num_tokens,
+        nll_per_word=nll_per_word,
+        ppl_per_word=None if nll_per_word is None else math.exp(nll_per_word),
+        num_words=num_words,
     )

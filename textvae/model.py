@@ -8,7 +8,7 @@ and read ``model.safetensors`` + ``config.json`` (the resolved :class:`ModelArgs
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -21,14 +21,18 @@ from .config import ModelConfig, TextVAEError
 from .modules.decoders import DECODERS
 from .modules.encoders import ENCODERS
 from .modules.posterior import GaussianPosterior, standard_normal
-from .tokenization import BOS_ID, EOS_ID, UNK_ID
 
 
 @dataclass
 class ModelArgs:
-    """Fully resolved architecture (saved as the model's config.json)."""
+    """Fully resolved architecture (saved as the model's config.json).
 
-    vocab_size: int
+    Every field has a default, so a config.json written before a field existed still loads.
+    Transformers use ``enc_hidden_dim`` / ``dec_hidden_dim`` as their width (their word
+    embeddings have that size; ``embed_dim`` is the LSTMs').
+    """
+
+    vocab_size: int  # the decoder's vocabulary (and the encoder's, unless it is pretrained)
     encoder: str = "lstm"
     decoder: str = "lstm"
     embed_dim: int = 256
@@ -43,6 +47,24 @@ class ModelArgs:
     bn_gamma: float = 0.0  # BN-VAE's fixed scale on batch-normalised μ (0 = no BN)
     word_dropout: float = 0.0  # probability of replacing a decoder input word by <unk> in training
     pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+    unk_id: int = 3
+    # Transformers (encoder/decoder "transformer")
+    enc_layers: int = 2
+    dec_layers: int = 2
+    num_heads: int = 4
+    ffn_dim: int = 0  # feed-forward width (0: 4 × the model width)
+    dropout: float = 0.1  # attention weights and residual branches
+    positions: str = "learned"  # learned | sinusoidal
+    max_positions: int = 512  # learned positions: the longest sequence in tokens, <s> and </s> included
+    pooling: str = "mean"  # encoder output: mean | first (<s> / [CLS]) | pooler (pretrained only)
+    latent_injection: str = "memory"  # transformer decoder: prefix | embedding | memory
+    # Pretrained models ("pretrained"): hub id or local path; their configs once loaded (rebuild offline)
+    encoder_name: str | None = None
+    decoder_name: str | None = None
+    encoder_hf_config: dict | None = None
+    decoder_hf_config: dict | None = None
 
 
 # Named architecture presets (fairseq-style); recipe fields override them.
@@ -55,11 +77,26 @@ PRESETS: dict[str, dict] = {
     "lstm-synthetic": dict(embed_dim=50, enc_hidden_dim=50, dec_hidden_dim=50, latent_dim=2),
     # Tests and the debug recipe.
     "lstm-tiny": dict(embed_dim=16, enc_hidden_dim=16, dec_hidden_dim=16, latent_dim=4),
+    # Pre-LN Transformers, z as Optimus-style memory. Small: 2 + 2 blocks of width 256, trains on a
+    # 2-core CPU (PTB); base: Transformer-base width and depth, a GPU model.
+    "transformer-small": dict(encoder="transformer", decoder="transformer", enc_hidden_dim=256, dec_hidden_dim=256,
+                              enc_layers=2, dec_layers=2, num_heads=4, ffn_dim=1024, latent_dim=32,
+                              latent_injection="memory", dropout=0.1, max_positions=512),
+    "transformer-base": dict(encoder="transformer", decoder="transformer", enc_hidden_dim=512, dec_hidden_dim=512,
+                             enc_layers=6, dec_layers=6, num_heads=8, ffn_dim=2048, latent_dim=32,
+                             latent_injection="memory", dropout=0.1, max_positions=1024),
+    # Tests and smoke runs on the debug recipe.
+    "transformer-tiny": dict(encoder="transformer", decoder="transformer", enc_hidden_dim=16, dec_hidden_dim=16,
+                             enc_layers=1, dec_layers=1, num_heads=2, ffn_dim=32, latent_dim=4,
+                             latent_injection="memory", dropout=0.0),
+    # Optimus (Li et al. 2020): BERT-base (cased) → GPT-2 small, BERT's pooled [CLS] → z 32.
+    "optimus": dict(encoder="pretrained", decoder="pretrained", encoder_name="bert-base-cased",
+                    decoder_name="gpt2", pooling="pooler", latent_dim=32),
 }
 
 
-def resolve_model_args(cfg: ModelConfig, vocab_size: int, pad_id: int = 0) -> ModelArgs:
-    """Preset values, then every field the recipe sets explicitly (non-None)."""
+def resolved_fields(cfg: ModelConfig) -> dict:
+    """The preset's values, then every field the recipe sets explicitly (non-None); checks the module names."""
     values: dict = {}
     if cfg.preset is not None:
         if cfg.preset not in PRESETS:
@@ -70,7 +107,15 @@ def resolve_model_args(cfg: ModelConfig, vocab_size: int, pad_id: int = 0) -> Mo
     for key, registry in (("encoder", ENCODERS), ("decoder", DECODERS)):
         if values.get(key, "lstm") not in registry:
             raise TextVAEError(f"unknown model.{key} '{values[key]}' (choose from {', '.join(registry)})")
-    return ModelArgs(vocab_size=vocab_size, pad_id=pad_id, **values)
+        if values.get(key) == "pretrained" and not values.get(f"{key}_name"):
+            raise TextVAEError(f"model.{key}=pretrained needs model.{key}_name (a hub id such as "
+                               f"'{'bert-base-cased' if key == 'encoder' else 'gpt2'}' or a local path)")
+    return values
+
+
+def resolve_model_args(cfg: ModelConfig, vocab_size: int, pad_id: int = 0, **special_ids: int) -> ModelArgs:
+    """:func:`resolved_fields` with the tokenizer's vocabulary size and special ids (``bos_id``, ``eos_id``, ``unk_id``)."""
+    return ModelArgs(vocab_size=vocab_size, pad_id=pad_id, **special_ids, **resolved_fields(cfg))
 
 
 @dataclass
@@ -90,17 +135,17 @@ class VAEOutput:
 class TextVAE(nn.Module):
     def __init__(self, config: ModelArgs):
         super().__init__()
-        self.config = config
         c = config
         if c.latent_dim > 0:
-            self.encoder = ENCODERS[c.encoder](c.vocab_size, c.embed_dim, c.enc_hidden_dim, pad_id=c.pad_id)
+            self.encoder = ENCODERS[c.encoder].from_args(c)
             self.posterior = GaussianPosterior(self.encoder.output_dim, c.latent_dim, c.bn_gamma)
         else:
             self.encoder = self.posterior = None
-        self.decoder = DECODERS[c.decoder](
-            c.vocab_size, c.embed_dim, c.dec_hidden_dim, c.latent_dim, c.dec_dropout_in, c.dec_dropout_out, c.pad_id,
-            word_dropout_p=c.word_dropout, unk_id=UNK_ID, keep_ids=(c.pad_id, BOS_ID, EOS_ID),
-        )
+        self.decoder = DECODERS[c.decoder].from_args(c)
+        # A pretrained model's configuration goes into config.json, so that the run reloads offline.
+        loaded = {f"{side}_hf_config": getattr(self, side).hf_config_dict for side in ("encoder", "decoder")
+                  if hasattr(getattr(self, side), "hf_config_dict")}
+        self.config = replace(config, **loaded)
         self.reset_parameters()
 
     def reset_parameters(self, only: str | None = None) -> None:
@@ -111,13 +156,22 @@ class TextVAE(nn.Module):
         (its spread is ~1e-5) and the encoder's gradients vanish, so a critic has no
         signal to start from (see README, "What we tried"). ``only="decoder"``
         re-initialises the decoder alone (Li et al. 2019's ``--reset_dec``).
+
+        Encoders and decoders that define ``reset_parameters`` (Transformers: GPT-2's
+        N(0, 0.02); pretrained models: their latent maps only, the pretrained weights stay)
+        initialise themselves instead; the posterior head follows ``encoder_init`` for every encoder.
         """
+        own = [side for side in ("encoder", "decoder") if hasattr(getattr(self, side), "reset_parameters")]
         keep_default = ("encoder.", "posterior.") if self.config.encoder_init == "default" else ()
+        skip = keep_default + tuple(f"{side}." for side in own)
         for name, param in self.named_parameters():
-            if name.startswith(keep_default) or (only is not None and not name.startswith(only + ".")):
+            if name.startswith(skip) or (only is not None and not name.startswith(only + ".")):
                 continue
             bound = self.config.emb_init_range if "embed" in name else self.config.init_range
             nn.init.uniform_(param, -bound, bound)
+        for side in own:
+            if only in (None, side):
+                getattr(self, side).reset_parameters()
         if self.posterior is not None and self.posterior.mu_bn is not None and only is None:
             self.posterior.reset_bn()
 
@@ -174,12 +228,22 @@ class TextVAE(nn.Module):
         )
         return nll.view(*lead, n, t - 1).sum(-1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> VAEOutput:
-        """One reparameterised sample per sequence. Shape: (B, T) → VAEOutput with (B,) terms."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                encoder_input_ids: torch.Tensor | None = None,
+                encoder_attention_mask: torch.Tensor | None = None) -> VAEOutput:
+        """One reparameterised sample per sequence. Shape: (B, T) → VAEOutput with (B,) terms.
+
+        ``encoder_input_ids`` / ``encoder_attention_mask``: the encoder's own tokenization of
+        the same sequences when it differs from the decoder's (a pretrained encoder,
+        ``batch.encoder_input_ids``); by default the encoder reads ``input_ids``.
+        Shape: encoder_input_ids, encoder_attention_mask (B, T_enc).
+        """
         if self.latent_dim == 0:
             rec = self.reconstruction_nll(input_ids, None)
             return VAEOutput(rec, torch.zeros_like(rec), None, None)
-        h = self.encoder(input_ids, attention_mask)  # (B, H)
+        if encoder_input_ids is None:
+            encoder_input_ids, encoder_attention_mask = input_ids, attention_mask
+        h = self.encoder(encoder_input_ids, encoder_attention_mask)  # (B, H)
         posterior = self.posterior(h)
         z = posterior.rsample()  # (B, D)
         rec = self.reconstruction_nll(input_ids, z)

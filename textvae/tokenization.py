@@ -1,8 +1,11 @@
-"""Tokenizers: word level, BPE and unigram (HF ``tokenizers``), and sentencepiece.
+"""Tokenizers: word level, BPE and unigram (HF ``tokenizers``), sentencepiece, and pretrained models' own.
 
 Every tokenizer has the same small interface (:class:`TextTokenizer`): ids for
-``<pad> <s> </s> <unk>`` (0, 1, 2, 3), ``encode`` without specials, ``decode``
-that stops at ``</s>``, and save/load into a run directory. Corpus tokens such
+``<pad> <s> </s> <unk>`` (0, 1, 2, 3 for the ones trained here; a pretrained model's
+own otherwise), ``encode`` without specials, ``decode`` that stops at ``</s>``, and
+save/load into a run directory. A pretrained encoder with its own vocabulary
+(BERT → GPT-2) gives a :class:`PairedTokenizer`: the decoder's tokenizer, which
+every NLL is counted in, carrying the encoder's as ``encoder_tokenizer``. Corpus tokens such
 as PTB's ``<unk>`` or Yahoo's ``_UNK`` are ordinary words: ``decode`` keeps
 every non-padding token, so a round trip through the tokenizer is lossless for
 in-vocabulary text (PTB's ``<unk>`` simply shares the unknown id).
@@ -30,6 +33,7 @@ class TextTokenizer:
     kind = "base"
     pad_id, bos_id, eos_id, unk_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
     subword = False  # subword models also report nats per whitespace word
+    encoder_tokenizer: TextTokenizer | None = None  # the encoder's own, when it differs (PairedTokenizer)
 
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
@@ -38,10 +42,13 @@ class TextTokenizer:
         raise NotImplementedError
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Decode ids up to the first ``</s>``, dropping ``<s>`` and ``<pad>``."""
+        """Decode ids up to the first ``</s>``, dropping ``<s>`` and ``<pad>``.
+
+        A leading ``<s>`` is dropped first: GPT-2's start and end symbol are the same token.
+        """
+        ids = [int(i) for i in ids]
         kept = []
-        for i in ids:
-            i = int(i)
+        for i in ids[1:] if ids[:1] == [self.bos_id] else ids:
             if i == self.eos_id:
                 break
             if i not in (self.pad_id, self.bos_id):
@@ -57,6 +64,10 @@ class TextTokenizer:
 
     def save(self, directory: str | Path) -> None:
         raise NotImplementedError
+
+    def save_kind(self, directory: Path) -> None:
+        """``tokenizer_config.json``: which class :func:`load_tokenizer` reads the folder with."""
+        (directory / "tokenizer_config.json").write_text(json.dumps({"type": self.kind}))
 
 
 class HFTokenizer(TextTokenizer):
@@ -120,7 +131,7 @@ class HFTokenizer(TextTokenizer):
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         self.tok.save(str(directory / "tokenizer.json"))
-        (directory / "tokenizer_config.json").write_text(json.dumps({"type": self.kind}))
+        self.save_kind(directory)
 
 
 class SentencePieceTokenizer(TextTokenizer):
@@ -173,7 +184,89 @@ class SentencePieceTokenizer(TextTokenizer):
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         (directory / "spm.model").write_bytes(self.proto)
-        (directory / "tokenizer_config.json").write_text(json.dumps({"type": self.kind}))
+        self.save_kind(directory)
+
+
+class PretrainedTokenizer(TextTokenizer):
+    """A pretrained model's own tokenizer (``transformers.AutoTokenizer``); saved under ``hf_tokenizer/``.
+
+    Sequences are framed by the model's start and end symbols: BERT's ``[CLS] … [SEP]``,
+    GPT-2's ``<|endoftext|> … <|endoftext|>``. A tokenizer without a padding token
+    (GPT-2) gets ``<pad>`` added, so that padding is never confused with a real target;
+    the decoder's embeddings are resized to match.
+    """
+
+    kind = "pretrained"
+    subword = True
+    folder = "hf_tokenizer"
+
+    def __init__(self, hf_tokenizer):
+        self.tok = hf_tokenizer
+        if self.tok.pad_token is None:
+            self.tok.add_special_tokens({"pad_token": "<pad>"})
+        tok = self.tok
+        self.pad_id = tok.pad_token_id
+        self.bos_id = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+        self.eos_id = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        self.unk_id = tok.unk_token_id if tok.unk_token_id is not None else self.eos_id
+        if self.bos_id is None or self.eos_id is None:
+            raise TextVAEError(f"pretrained tokenizer '{tok.name_or_path}' has no start/end symbols "
+                               "(bos/eos or cls/sep tokens)")
+
+    @classmethod
+    def from_name(cls, name: str, key: str) -> PretrainedTokenizer:
+        from .modules.hf import load_auto_tokenizer
+
+        return cls(load_auto_tokenizer(name, key))
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.tok(texts, add_special_tokens=False)["input_ids"]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tok)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        self.tok.save_pretrained(str(directory / self.folder))
+        self.save_kind(directory)
+
+
+class PairedTokenizer(TextTokenizer):
+    """The decoder's tokenizer, with the encoder's own as ``encoder_tokenizer`` (BERT → GPT-2).
+
+    It behaves as the decoder's in every respect (ids, vocabulary, decoding, so NLL and
+    perplexity are counted in decoder tokens); the data pipeline adds the encoder's
+    tokenization of each sequence (``batch.encoder_input_ids``). Saved as two tokenizer
+    folders, ``decoder_tokenizer/`` and ``encoder_tokenizer/``.
+    """
+
+    kind = "paired"
+
+    def __init__(self, decoder: TextTokenizer, encoder: TextTokenizer):
+        self.decoder, self.encoder_tokenizer = decoder, encoder
+        self.pad_id, self.bos_id, self.eos_id, self.unk_id = decoder.pad_id, decoder.bos_id, decoder.eos_id, decoder.unk_id
+        self.subword = decoder.subword
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.decoder.encode_batch(texts)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.decoder._decode(ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.decoder.vocab_size
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        for name, tok in (("decoder_tokenizer", self.decoder), ("encoder_tokenizer", self.encoder_tokenizer)):
+            (directory / name).mkdir(parents=True, exist_ok=True)
+            tok.save(directory / name)
+        self.save_kind(directory)
 
 
 def train_tokenizer(texts: list[str], cfg: TokenizerConfig) -> TextTokenizer:
@@ -189,6 +282,13 @@ def load_tokenizer(directory: str | Path) -> TextTokenizer:
     if not meta_path.is_file():
         raise TextVAEError(f"{directory}: no tokenizer_config.json (not a textvae model directory?)")
     kind = json.loads(meta_path.read_text())["type"]
+    if kind == "pretrained":
+        from transformers import AutoTokenizer
+
+        return PretrainedTokenizer(AutoTokenizer.from_pretrained(str(directory / PretrainedTokenizer.folder)))
+    if kind == "paired":
+        return PairedTokenizer(load_tokenizer(directory / "decoder_tokenizer"),
+                               load_tokenizer(directory / "encoder_tokenizer"))
     if kind == "sentencepiece":
         return SentencePieceTokenizer((directory / "spm.model").read_bytes())
     return HFTokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")), kind)

@@ -33,7 +33,7 @@ from .checkpoint import (
 from .config import Config, TextVAEError, TrainConfig
 from .data import TextDataset, load_texts
 from .evaluate import EvalResult, evaluate
-from .model import TextVAE, resolve_model_args
+from .model import ModelArgs, TextVAE, resolve_model_args, resolved_fields
 from .modules.critics import build_critic
 from .objectives import critic_term, critic_weight, negative_elbo
 from .strategies import (
@@ -45,7 +45,7 @@ from .strategies import (
     initial_state,
     stage_kl_weight,
 )
-from .tokenization import TextTokenizer, load_tokenizer, train_tokenizer
+from .tokenization import PairedTokenizer, PretrainedTokenizer, TextTokenizer, load_tokenizer, train_tokenizer
 from .tracking import MetricsWriter, plot_training_curves
 
 
@@ -82,11 +82,38 @@ def make_optimizers(model: torch.nn.Module, critic: torch.nn.Module | None, cfg:
     return torch.optim.SGD(groups, lr=lr, momentum=tc.momentum), critic_optimizer
 
 
+def build_tokenizer(cfg: Config, train_texts: list[str]) -> TextTokenizer:
+    """The decoder's tokenizer, paired with a pretrained encoder's own when that differs.
+
+    A pretrained decoder brings its own tokenizer (``tokenizer.type`` is then ignored);
+    any other decoder's is trained on the training split as ``tokenizer`` says.
+    """
+    arch = resolved_fields(cfg.model)
+    decoder_name = arch["decoder_name"] if arch.get("decoder") == "pretrained" else None
+    if cfg.tokenizer.type == "pretrained" and decoder_name is None:
+        raise TextVAEError("tokenizer.type=pretrained is a pretrained decoder's own tokenizer: it needs "
+                           "model.decoder=pretrained (or choose word, bpe, unigram or sentencepiece)")
+    if decoder_name is not None:
+        tokenizer = PretrainedTokenizer.from_name(decoder_name, "model.decoder_name")
+    else:
+        tokenizer = train_tokenizer(train_texts, cfg.tokenizer)
+    encoder_name = arch["encoder_name"] if arch.get("encoder") == "pretrained" else None
+    if arch.get("latent_dim", ModelArgs.latent_dim) > 0 and encoder_name not in (None, decoder_name):
+        return PairedTokenizer(tokenizer, PretrainedTokenizer.from_name(encoder_name, "model.encoder_name"))
+    return tokenizer
+
+
+def build_model(cfg: Config, tokenizer: TextTokenizer) -> TextVAE:
+    """A fresh model for ``cfg.model`` with the tokenizer's vocabulary and special ids (on the CPU)."""
+    special = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, unk_id=tokenizer.unk_id)
+    return TextVAE(resolve_model_args(cfg.model, tokenizer.vocab_size, tokenizer.pad_id, **special))
+
+
 def build_datasets(cfg: Config, tokenizer: TextTokenizer | None = None):
-    """Read and tokenize every split; train the tokenizer on the training split unless one is given."""
+    """Read and tokenize every split; build the tokenizer (:func:`build_tokenizer`) unless one is given."""
     texts = load_texts(cfg.data)
     if tokenizer is None:
-        tokenizer = train_tokenizer(texts["train"][0], cfg.tokenizer)
+        tokenizer = build_tokenizer(cfg, texts["train"][0])
     datasets = {
         split: TextDataset.from_texts(t, tokenizer, labels, cfg.data.max_length if split == "train" else None)
         for split, (t, labels) in texts.items()
@@ -131,12 +158,13 @@ def train_step(model, critic, batch, cfg: Config, kl_w: float, critic_w: float, 
     the whole model's gradient is clipped first, as He et al. do, then the other side's
     is dropped.
     """
-    out = model(batch.input_ids, batch.attention_mask)
+    out = model(batch.input_ids, batch.attention_mask, batch.encoder_input_ids, batch.encoder_attention_mask)
     loss = negative_elbo(out, kl_w, cfg.train.free_bits, cfg.train.free_bits_mode)
     b = batch.input_ids.size(0)
     sums = {"rec": float(out.rec.detach().sum()), "kl": float(out.kl.detach().sum()), "n": b}
-    if critic is not None:
-        c_loss, c_acc, c_bound = critic_term(critic, out, batch.input_ids, batch.attention_mask, cfg.critic)
+    if critic is not None:  # the critic reads x as the encoder does (it may share the encoder's embedding)
+        c_loss, c_acc, c_bound = critic_term(critic, out, batch.encoder_input_ids, batch.encoder_attention_mask,
+                                             cfg.critic)
         loss = loss + critic_w * c_loss
         sums.update(critic_loss=float(c_loss.detach()) * b, critic_acc=float(c_acc) * b,
                     critic_mi_bound=float(c_bound) * b)
@@ -178,7 +206,7 @@ def fit(
         model, _ = load_model_dir(ckpt, device)
         state = load_trainer_state(ckpt)
     else:
-        model = TextVAE(resolve_model_args(cfg.model, tokenizer.vocab_size, tokenizer.pad_id)).to(device)
+        model = build_model(cfg, tokenizer).to(device)
         state = dict(step=0, epoch=0, batch_in_epoch=0, best_val=math.inf, plateau_best=math.inf,
                      bad_epochs=0, n_decays=0, lr=cfg.train.lr)
     state = {**initial_state(cfg.train), **state}  # checkpoints written before the strategies existed

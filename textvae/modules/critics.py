@@ -12,9 +12,12 @@ reaches the encoder; the decoder is never involved.
 - ``self``: ``S[i, j] = log q(z_i | x_j)`` from the posteriors, no parameters.
 - ``neural``: its own LSTM encoder of x plus MLP heads on x and z into a shared
   space, scored by cosine similarity / temperature.
-- ``hybrid``: as neural, but sharing the word embedding with the inference network;
+- ``hybrid``: as neural, but sharing the word embedding with the inference network
+  (the encoder's ``get_input_embeddings()``: an LSTM's, a Transformer's or a pretrained model's);
   with ``critic.share_encoder`` it shares the whole inference encoder (its keys are
-  MLP heads on the encoder's own h, reused from the forward pass: no second LSTM).
+  MLP heads on the encoder's own h, reused from the forward pass: no second encoder).
+
+The neural critics read x in the encoder's tokenization (``batch.encoder_input_ids``).
 """
 
 from __future__ import annotations
@@ -134,9 +137,10 @@ def build_critic(cfg, model) -> nn.Module | None:
         return None
     if cfg.type == "self":
         return SelfCritic()
-    shared = model.encoder.embed if cfg.type == "hybrid" and not cfg.share_encoder else None
+    embedding = model.encoder.get_input_embeddings()
+    shared = embedding if cfg.type == "hybrid" and not cfg.share_encoder else None
     return NeuralCritic(
-        model.config.vocab_size,
+        embedding.num_embeddings,  # the encoder's vocabulary: the critic reads the encoder's ids
         model.latent_dim,
         embed_dim=cfg.embed_dim,
         hidden_dim=cfg.hidden_dim,
@@ -145,6 +149,6 @@ def build_critic(cfg, model) -> nn.Module | None:
         learn_temperature=cfg.learn_temperature,
         queue_size=cfg.queue_size,
         embedding=shared,
-        pad_id=model.config.pad_id,
+        pad_id=model.encoder.pad_id,
         shared_encoder_dim=model.encoder.output_dim if cfg.type == "hybrid" and cfg.share_encoder else None,
     ).to(next(model.parameters()).device)
