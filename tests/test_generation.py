@@ -1,4 +1,4 @@
-"""Decoding and the latent tools (generation.py): strategies agree where they must, paths, the Python API."""
+"""Decoding (generation.py) and the latent tools (latent.py): strategies agree where they must, paths, the Python API."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from conftest import SMALL_TEXT, make_model
 
 from textvae.config import TextVAEError, TokenizerConfig
-from textvae.generation import DecodeConfig, generate, interpolate, interpolation_path, reconstruct, sample
+from textvae.generation import DecodeConfig, generate, interpolation_path
+from textvae.latent import interpolate, reconstruct, sample
 from textvae.modules.decoders import select_rows
 from textvae.tokenization import BOS_ID, EOS_ID, train_tokenizer
 

@@ -13,6 +13,7 @@ from conftest import SMALL_TEXT, decode_incrementally, write_corpus
 from textvae.checkpoint import load_model_dir, load_run, save_model_dir
 from textvae.config import load_recipe
 from textvae.data import TextDataset
+from textvae.latent import encode_texts, interpolate, load
 from textvae.metrics import iw_log_weights
 from textvae.model import ModelArgs, TextVAE
 from textvae.modules.critics import build_critic
@@ -132,6 +133,13 @@ def test_fit_bert_to_gpt2_with_a_critic_then_eval(tmp_path, tiny_pretrained, cli
     code, out, err = cli_main("eval", run, "--iw-samples", "2", "--json")
     assert code == 0, err
     assert json.loads(out)["nll_per_word"] == pytest.approx(result["nll_per_word"], rel=1e-5)
+    # the latent tools read BERT's ids for the encoder and decode with GPT-2's
+    texts = SMALL_TEXT.splitlines()[:3]
+    batch = TextDataset.from_texts(texts, tok).collate([0, 1, 2])
+    expected = model.eval().encode(batch.encoder_input_ids, batch.encoder_attention_mask).base_dist.loc
+    assert torch.allclose(encode_texts(load(run), texts), expected, atol=1e-5)
+    path = interpolate(run, texts[0], texts[1], steps=3)
+    assert path.endpoint_match == [True, True] and len(path.path) == 3
     lm_overrides = [o for o in overrides if not o.startswith(("method=", "model.latent_dim="))] + ["method=lm"]
     lm = fit(load_recipe("debug", lm_overrides), tmp_path / "lm", progress=False)  # GPT-2 alone
     _, lm_model, lm_tok = load_run(lm)

@@ -2,7 +2,8 @@
 
 from .config import Config, TextVAEError, load_recipe
 from .evaluate import EvalResult
-from .generation import DecodeConfig, analogy, interpolate, interpolate_pairs, reconstruct, sample
+from .generation import DecodeConfig
+from .latent import analogy, interpolate, interpolate_pairs, reconstruct, sample
 from .model import TextVAE
 from .tracking import plot_run as plot
 

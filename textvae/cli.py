@@ -170,7 +170,7 @@ def sample(
     decoding: DecodeConfig = None,
 ):
     """Sample sentences (z from the prior, then decoded); print them with distinct-1/2 and self-BLEU."""
-    from .generation import sample as sample_run
+    from .latent import sample as sample_run
 
     result = sample_run(run_dir, n, decoding, seed)
     if as_json:
@@ -192,7 +192,7 @@ def reconstruct(
     decoding: DecodeConfig = None,
 ):
     """Encode each input line and decode it again; print the outputs, corpus BLEU and exact-match rate."""
-    from .generation import reconstruct as reconstruct_run
+    from .latent import reconstruct as reconstruct_run
 
     result = reconstruct_run(run_dir, read_input(source), decoding, z, seed)
     if as_json:
@@ -218,7 +218,7 @@ def interpolate(
 ):
     """Decode points on the path between the posterior means of two sentences (or of many pairs)."""
     from .checkpoint import atomic_write_text
-    from .generation import interpolate_pairs
+    from .latent import interpolate_pairs
 
     batch = pairs is not None
     if batch == (a is not None or b is not None):
@@ -261,7 +261,7 @@ def analogy(
     decoding: DecodeConfig = None,
 ):
     """A is to B as C is to ?: decode z(C) + z(B) − z(A) (posterior means)."""
-    from .generation import analogy as analogy_run
+    from .latent import analogy as analogy_run
 
     text = analogy_run(run_dir, a, b, c, decoding, seed)
     typer.echo(json.dumps({"a": a, "b": b, "c": c, "text": text}) if as_json else text)

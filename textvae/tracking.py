@@ -137,7 +137,7 @@ def plot_run(run, out_dir: str | Path | None = None, limit: int | None = None, d
     sentences. Returns ``{"curves": path, "latent": path}``.
     """
     from .data import load_split
-    from .generation import encode_texts, load
+    from .latent import encode_texts, load
 
     if limit is not None and limit < 1:
         raise TextVAEError(f"--limit must be >= 1, not {limit}")
