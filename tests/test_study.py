@@ -6,6 +6,8 @@ import json
 
 from conftest import run_cli
 
+from textvae.study import FIGURES, to_markdown
+
 
 def test_study_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "study"
@@ -38,3 +40,13 @@ def test_study_runs_end_to_end_and_resumes(tmp_path):
 def test_study_rejects_unknown_method(tmp_path):
     proc = run_cli("study", "debug", "--methods", "vae,critic-nope", "--output-dir", tmp_path / "s")
     assert proc.returncode == 2 and "unknown method 'critic-nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_table_header_takes_k_from_the_latent_models_not_the_lm():
+    row = {f: (1.0, 0.0) for f in FIGURES} | {"seconds_per_epoch": (2.0, 0.0), "mi_ceiling": 8.0, "time_vs_vae": 1.0}
+    study = {"recipe": "ptb", "seeds": 1, "overrides": [],
+             "summary": {"lm": row | {"iw_samples": 0}, "vae": row | {"iw_samples": 100}}}
+    header = to_markdown(study).splitlines()[2]
+    assert "K = 100" in header and "the LM's is exact" in header
+    study["summary"].pop("lm")
+    assert "exact" not in to_markdown(study).splitlines()[2]
