@@ -50,6 +50,10 @@ def test_greedy_is_deterministic_and_the_argmax_of_teacher_forcing(eos_model, la
             assert argmax[len(seq)] == EOS_ID
 
 
+def test_model_generate_uses_its_own_special_ids(eos_model, latents):
+    assert eos_model.generate(latents, DecodeConfig(max_length=MAX_LEN)) == decode(eos_model, latents)
+
+
 def test_beam_one_and_top_k_one_are_greedy(eos_model, latents):
     greedy = decode(eos_model, latents)
     assert decode(eos_model, latents, strategy="beam", beam=1) == greedy

@@ -228,6 +228,17 @@ class TextVAE(nn.Module):
         )
         return nll.view(*lead, n, t - 1).sum(-1)
 
+    def generate(self, z: torch.Tensor | None, cfg=None, num_sequences: int | None = None,
+                 generator: torch.Generator | None = None) -> list[list[int]]:
+        """Decode one sentence per latent (:func:`textvae.generation.generate`, the model's own <s> and </s>).
+
+        ``cfg`` is a :class:`textvae.generation.DecodeConfig` (greedy by default). Shape: z (N, D) → N id lists.
+        """
+        from .generation import generate
+
+        return generate(self, z, cfg, bos_id=self.config.bos_id, eos_id=self.config.eos_id,
+                        num_sequences=num_sequences, generator=generator)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 encoder_input_ids: torch.Tensor | None = None,
                 encoder_attention_mask: torch.Tensor | None = None) -> VAEOutput:
