@@ -1,0 +1,124 @@
+"""Latent-space examples and their scores for several runs, side by side (the README's PTB examples).
+
+For each run (``NAME=RUN_DIR``), everything decoded greedily so that any variety comes from z:
+prior samples (``--show`` shown; distinct-1/2 and self-BLEU over ``--n-samples``),
+reconstructions of test sentences from the posterior mean (``--show-recon`` shown; corpus BLEU
+and exact match over ``--n-recon``), one ``--steps``-point linear interpolation between two
+test sentences (shown, with its path metrics) and the path metrics averaged over ``--n-pairs``
+test pairs, plus the run's ``curves.png`` and ``latent.png`` (``textvae plot``), copied to
+``--png-dir/NAME-*.png``. Every run sees the same sentences and seeds. Prints markdown and
+writes JSON.
+
+Usage::
+
+    OMP_NUM_THREADS=2 python benchmarks/latent_examples.py --test ../shared/data/ptb/ptb.test.txt \\
+        critic-self=runs/ptb_study10/critic-self/seed-0 vae=runs/ptb_study10/vae/seed-0 \\
+        --png-dir docs/ptb_examples --out benchmarks/results/latent_examples_ptb.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+from pathlib import Path
+
+import textvae
+from textvae import DecodeConfig
+
+
+def pick_sentences(path: Path, n: int, seed: int, min_words: int = 6, max_words: int = 16) -> list[str]:
+    """``n`` distinct test sentences of ``min_words``–``max_words`` words, in a seeded random order."""
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    pool = sorted({ln for ln in lines if min_words <= len(ln.split()) <= max_words})
+    random.Random(seed).shuffle(pool)
+    return pool[:n]
+
+
+def examples(run: str, sentences: list[str], args) -> dict:
+    samples = textvae.sample(run, n=args.n_samples, decoding=DecodeConfig(), seed=args.seed)  # greedy
+    recon = textvae.reconstruct(run, sentences[: args.n_recon], decoding=DecodeConfig())
+    pairs = list(zip(sentences[args.n_recon : args.n_recon + args.n_pairs],
+                     sentences[args.n_recon + args.n_pairs : args.n_recon + 2 * args.n_pairs], strict=True))
+    paths = textvae.interpolate_pairs(run, pairs, steps=args.steps, seed=args.seed)
+    return {
+        "samples": samples.to_dict(),
+        "reconstruct": recon.to_dict(),
+        "interpolation": {"a": pairs[0][0], "b": pairs[0][1], **paths[0].to_dict()},
+        "paths": {
+            "pairs": len(paths),
+            "endpoint_match": statistics.fmean(m for p in paths for m in p.endpoint_match),
+            "distinct_ratio": statistics.fmean(p.distinct_ratio for p in paths),
+            "mean_edit_distance": statistics.fmean(p.mean_edit_distance for p in paths),
+        },
+    }
+
+
+def markdown(results: dict, show: int, show_recon: int) -> str:
+    names = list(results)
+    out = ["| run | distinct-1 | distinct-2 | self-BLEU | recon BLEU | exact match | path distinct | "
+           "path edit dist. | endpoint match |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        s, c, p = r["samples"], r["reconstruct"], r["paths"]
+        out.append(f"| {name} | {s['distinct_1']:.3f} | {s['distinct_2']:.3f} | {s['self_bleu']:.2f} | "
+                   f"{c['bleu']:.2f} | {c['exact_match']:.3f} | {p['distinct_ratio']:.3f} | "
+                   f"{p['mean_edit_distance']:.2f} | {p['endpoint_match']:.3f} |")
+    out += ["", "Prior samples:", "", "| # | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for i in range(show):
+        out.append(f"| {i + 1} | " + " | ".join(results[n]["samples"]["texts"][i] for n in names) + " |")
+    out += ["", "Reconstructions (posterior mean, greedy):", "",
+            "| input | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    first = results[names[0]]["reconstruct"]
+    for i in range(show_recon):
+        out.append(f"| {first['references'][i]} | "
+                   + " | ".join(results[n]["reconstruct"]["outputs"][i] for n in names) + " |")
+    path = results[names[0]]["interpolation"]
+    out += ["", f"Interpolation (linear, greedy) from A = \"{path['a']}\" to B = \"{path['b']}\":", "",
+            "| t | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for i, point in enumerate(path["path"]):
+        out.append(f"| {point['t']:.2f} | " + " | ".join(results[n]["interpolation"]["path"][i]["text"]
+                                                      for n in names) + " |")
+    for n in names:
+        ip = results[n]["interpolation"]
+        out.append(f"\n{n}: endpoint_match {ip['endpoint_match']}, distinct_ratio {ip['distinct_ratio']:.3f}, "
+                   f"mean_edit_distance {ip['mean_edit_distance']:.2f}")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="NAME=RUN_DIR")
+    parser.add_argument("--test", type=Path, required=True, help="test split, one sentence per line")
+    parser.add_argument("--n-samples", type=int, default=100)
+    parser.add_argument("--n-recon", type=int, default=500)
+    parser.add_argument("--n-pairs", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--show", type=int, default=5, help="prior samples shown")
+    parser.add_argument("--show-recon", type=int, default=3, help="reconstructions shown")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--png-dir", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latent_examples.json"))
+    args = parser.parse_args()
+    sentences = pick_sentences(args.test, args.n_recon + 2 * args.n_pairs, args.seed)
+    # The reconstructions shown are the first --show; the interpolation is the first pair.
+    results = {}
+    for spec in args.runs:
+        name, _, run = spec.partition("=")
+        results[name] = {"run": run, **examples(run, sentences, args)}
+        if args.png_dir:
+            args.png_dir.mkdir(parents=True, exist_ok=True)
+            for kind, png in textvae.plot(run, out_dir=args.png_dir / name).items():
+                shutil.copyfile(png, args.png_dir / f"{name}-{kind}.png")
+                png.unlink()
+            (args.png_dir / name).rmdir()
+    print(markdown(results, args.show, args.show_recon))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
+                                   indent=1))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
