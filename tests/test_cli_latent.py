@@ -62,6 +62,12 @@ def test_sample_prints_sentences_and_scores(debug_run, cli_main):
     assert lines[4].startswith("# distinct-1 ") and "distinct-2 " in lines[4] and "self-BLEU " in lines[4]
 
 
+def test_sample_no_repeat_ngram_reaches_the_decoder(debug_run, cli_main):
+    args = ["sample", debug_run.dir, "-n", "6", "--strategy", "greedy", "--max-length", "12", "--json"]
+    texts = json.loads(ok(cli_main(*args, "--no-repeat-ngram", "1")))["texts"]
+    assert all(len(set(t.split())) == len(t.split()) for t in texts)  # no word twice in a sentence
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_sample_json_is_reproducible(debug_run, cli_main, strategy):
     args = ["sample", debug_run.dir, "-n", "3", "--strategy", strategy, "--max-length", "6", "--json"]
@@ -189,6 +195,7 @@ def _bad_cases(tmp_path, run, lm) -> dict[str, tuple[list, list[str]]]:
         "bad strategy": (["sample", run, "--strategy", "nucleus"], ["--strategy", "nucleus", "top-p"]),
         "n < 1": (["sample", run, "-n", "0"], ["-n must be >= 1"]),
         "bad top-p": (["sample", run, "--strategy", "top-p", "--top-p", "1.5"], ["--top-p"]),
+        "bad no-repeat-ngram": (["sample", run, "--no-repeat-ngram", "-1"], ["--no-repeat-ngram"]),
         "bad z": (["reconstruct", run, "--input", tmp_path / "two.txt", "--z", "mode"], ["--z must be mean or sample"]),
         "LM interpolate": (["interpolate", lm, A, B], [str(lm), "language model", "latent_dim 0"]),
         "LM reconstruct": (["reconstruct", lm, "--input", tmp_path / "two.txt"], [str(lm), "language model"]),

@@ -107,6 +107,28 @@ def test_beam_as_wide_as_the_vocabulary_is_exhaustive_over_two_tokens(eos_model,
             assert best == [w for w in top if w != EOS_ID]
 
 
+def repeated_ngrams(seq: list[int], n: int) -> int:
+    grams = [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
+    return len(grams) - len(set(grams))
+
+
+@pytest.mark.parametrize("cfg", [dict(strategy="greedy"), dict(strategy="beam", beam=3),
+                                 dict(strategy="top-k", top_k=2)])
+def test_no_repeat_ngram_stops_loops(latents, cfg):
+    """A decoder that prefers token 5, then 6, then 7 loops on 5; with the option no bigram occurs twice."""
+    model = make_model(seed=1)
+    with torch.no_grad():
+        model.decoder.pred_linear.bias.zero_()
+        model.decoder.pred_linear.bias[[5, 6, 7, 8, EOS_ID]] = torch.tensor([6.0, 5.0, 4.0, 3.0, -9.0])
+    looping = decode(model, latents, seed=0, **cfg)
+    assert all(repeated_ngrams(seq, 2) > 0 for seq in looping)
+    for n in (2, 3):
+        out = decode(model, latents, seed=0, no_repeat_ngram=n, **cfg)
+        assert all(repeated_ngrams(seq, n) == 0 and len(seq) == MAX_LEN for seq in out)
+    if cfg["strategy"] == "greedy":  # still deterministic, and the first repeat is the one it avoids
+        assert decode(model, latents, no_repeat_ngram=2)[0][:3] == [5, 5, 6]
+
+
 def test_language_model_generation(lm_model):
     out = generate(lm_model, None, DecodeConfig(strategy="sample", max_length=6), bos_id=BOS_ID, eos_id=EOS_ID,
                    num_sequences=4, generator=torch.Generator().manual_seed(0))
@@ -117,7 +139,8 @@ def test_language_model_generation(lm_model):
 
 @pytest.mark.parametrize(("field", "value", "needle"), [
     ("strategy", "nucleus", "--strategy"), ("temperature", 0.0, "--temperature"), ("top_k", 0, "--top-k"),
-    ("top_p", 1.5, "--top-p"), ("beam", 0, "--beam"), ("max_length", 0, "--max-length")])
+    ("top_p", 1.5, "--top-p"), ("beam", 0, "--beam"), ("max_length", 0, "--max-length"),
+    ("no_repeat_ngram", -1, "--no-repeat-ngram")])
 def test_bad_decoding_options(field, value, needle):
     with pytest.raises(TextVAEError, match=needle):
         DecodeConfig(**{field: value}).validate()

@@ -123,6 +123,7 @@ DECODING_OPTIONS = {
     "top_p": (float, "--top-p", "top-p: sample among the fewest tokens with probability >= P in all"),
     "beam": (int, "--beam", "beam: hypotheses kept per sentence"),
     "max_length": (int, "--max-length", "tokens generated per sentence at most (</s> included)"),
+    "no_repeat_ngram": (int, "--no-repeat-ngram", "never repeat an n-gram of this size in a sentence (0 = off)"),
 }
 
 

@@ -33,6 +33,7 @@ class DecodeConfig:
     beam: int = 4  # beam: hypotheses kept per sentence
     max_length: int = 50  # tokens generated per sentence at most, </s> included
     length_penalty: float = 1.0  # beam: the best hypothesis maximises log p / length**length_penalty
+    no_repeat_ngram: int = 0  # every strategy: an n-gram of this size never occurs twice in a sentence (0 = off)
 
     def validate(self) -> DecodeConfig:
         checks = [
@@ -42,6 +43,7 @@ class DecodeConfig:
             (0 < self.top_p <= 1, f"--top-p must be in (0, 1], not {self.top_p}"),
             (self.beam >= 1, f"--beam must be >= 1, not {self.beam}"),
             (self.max_length >= 1, f"--max-length must be >= 1, not {self.max_length}"),
+            (self.no_repeat_ngram >= 0, f"--no-repeat-ngram must be >= 0, not {self.no_repeat_ngram}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -61,6 +63,20 @@ def _warpers(cfg: DecodeConfig):
     elif cfg.strategy == "top-p":
         warpers.append(TopPLogitsWarper(float(cfg.top_p)))
     return warpers
+
+
+def _processors(cfg: DecodeConfig):
+    """``transformers``' processors that apply to every strategy (before any warper); None when there are none.
+
+    ``no_repeat_ngram`` is ``NoRepeatNGramLogitsProcessor``: a token that would complete an
+    n-gram the sentence already holds gets −inf (the usual cure for greedy loops such as
+    "the <unk> of the <unk> of ...").
+    """
+    if not cfg.no_repeat_ngram:
+        return None
+    from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor
+
+    return LogitsProcessorList([NoRepeatNGramLogitsProcessor(int(cfg.no_repeat_ngram))])
 
 
 @contextmanager
@@ -125,12 +141,15 @@ def _token_by_token(model, z, n: int, cfg: DecodeConfig, bos_id: int, eos_id: in
     device = next(model.parameters()).device
     pad_id = model.config.pad_id
     warpers = None if cfg.strategy == "greedy" else _warpers(cfg)
+    processors = _processors(cfg)
     tokens = torch.full((n, 1), bos_id, dtype=torch.long, device=device)  # (N, 1 + generated)
     finished = torch.zeros(n, dtype=torch.bool, device=device)
     state = None
     for _ in range(cfg.max_length):
         logits, state = model.decoder(tokens[:, -1:], z, state=state, return_state=True)  # (N, 1, V)
         scores = logits[:, -1].float()  # (N, V)
+        if processors is not None:
+            scores = processors(tokens, scores)
         if warpers is None:
             nxt = scores.argmax(-1)
         else:
@@ -162,10 +181,13 @@ def _beam_search(model, z, n: int, cfg: DecodeConfig, bos_id: int, eos_id: int) 
     finished = torch.zeros(n * k, dtype=torch.bool, device=device)
     lengths = torch.zeros(n * k, device=device)
     first_row = torch.arange(n, device=device)[:, None] * k  # (N, 1)
+    processors = _processors(cfg)
     state = None
     for _ in range(cfg.max_length):
         logits, state = model.decoder(tokens[:, -1:], zk, state=state, return_state=True)  # (N·K, 1, V)
         logp = F.log_softmax(logits[:, -1].float(), dim=-1)  # (N·K, V)
+        if processors is not None:  # each hypothesis against its own prefix
+            logp = processors(tokens, logp)
         logp[finished] = -torch.inf
         logp[finished, pad_id] = 0.0
         candidates = (scores.view(-1, 1) + logp).view(n, k * vocab)
