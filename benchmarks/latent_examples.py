@@ -1,19 +1,20 @@
 """Latent-space examples and their scores for several runs, side by side (the README's PTB examples).
 
-For each run (``NAME=RUN_DIR``), everything decoded greedily so that any variety comes from z:
-prior samples (``--show`` shown; distinct-1/2 and self-BLEU over ``--n-samples``),
-reconstructions of test sentences from the posterior mean (``--show-recon`` shown; corpus BLEU
-and exact match over ``--n-recon``), one ``--steps``-point linear interpolation between two
-test sentences (shown, with its path metrics) and the path metrics averaged over ``--n-pairs``
-test pairs, plus the run's ``curves.png`` and ``latent.png`` (``textvae plot``), copied to
-``--png-dir/NAME-*.png``. Every run sees the same sentences and seeds. Prints markdown and
-writes JSON.
+For each run (``NAME=RUN_DIR``), everything decoded greedily (optionally with
+``--no-repeat-ngram``) so that any variety comes from z: prior samples (``--show`` shown;
+distinct-1/2 and self-BLEU over ``--n-samples``), reconstructions of test sentences from the
+posterior mean (``--show-recon`` shown; corpus BLEU and exact match over ``--n-recon``),
+``--steps``-point linear interpolations between ``--n-pairs`` pairs of test sentences (their
+path metrics averaged; the path shown is the pair with the median mean edit distance under the
+first run, a typical path rather than the best), plus the run's ``curves.png`` and
+``latent.png`` (``textvae plot``), copied to ``--png-dir/NAME-*.png``. Every run sees the same
+sentences and seeds. Prints markdown and writes JSON.
 
 Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/latent_examples.py --test ../shared/data/ptb/ptb.test.txt \\
         critic-self=runs/ptb_study10/critic-self/seed-0 vae=runs/ptb_study10/vae/seed-0 \\
-        --png-dir docs/ptb_examples --out benchmarks/results/latent_examples_ptb.json
+        --no-repeat-ngram 3 --png-dir docs/ptb_examples --out benchmarks/results/latent_examples_ptb.json
 """
 
 from __future__ import annotations
@@ -38,15 +39,16 @@ def pick_sentences(path: Path, n: int, seed: int, min_words: int = 6, max_words:
 
 
 def examples(run: str, sentences: list[str], args) -> dict:
-    samples = textvae.sample(run, n=args.n_samples, decoding=DecodeConfig(), seed=args.seed)  # greedy
-    recon = textvae.reconstruct(run, sentences[: args.n_recon], decoding=DecodeConfig())
+    greedy = DecodeConfig(no_repeat_ngram=args.no_repeat_ngram)
+    samples = textvae.sample(run, n=args.n_samples, decoding=greedy, seed=args.seed)
+    recon = textvae.reconstruct(run, sentences[: args.n_recon], decoding=greedy)
     pairs = list(zip(sentences[args.n_recon : args.n_recon + args.n_pairs],
                      sentences[args.n_recon + args.n_pairs : args.n_recon + 2 * args.n_pairs], strict=True))
-    paths = textvae.interpolate_pairs(run, pairs, steps=args.steps, seed=args.seed)
+    paths = textvae.interpolate_pairs(run, pairs, steps=args.steps, decoding=greedy, seed=args.seed)
     return {
         "samples": samples.to_dict(),
         "reconstruct": recon.to_dict(),
-        "interpolation": {"a": pairs[0][0], "b": pairs[0][1], **paths[0].to_dict()},
+        "interpolations": [{"a": a, "b": b, **path.to_dict()} for (a, b), path in zip(pairs, paths, strict=True)],
         "paths": {
             "pairs": len(paths),
             "endpoint_match": statistics.fmean(m for p in paths for m in p.endpoint_match),
@@ -54,6 +56,11 @@ def examples(run: str, sentences: list[str], args) -> dict:
             "mean_edit_distance": statistics.fmean(p.mean_edit_distance for p in paths),
         },
     }
+
+
+def cell(text: str) -> str:
+    """Text for a markdown table cell: ``<unk>`` would be swallowed as an HTML tag, ``|`` would split the cell."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
 def markdown(results: dict, show: int, show_recon: int) -> str:
@@ -67,18 +74,20 @@ def markdown(results: dict, show: int, show_recon: int) -> str:
                    f"{p['mean_edit_distance']:.2f} | {p['endpoint_match']:.3f} |")
     out += ["", "Prior samples:", "", "| # | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for i in range(show):
-        out.append(f"| {i + 1} | " + " | ".join(results[n]["samples"]["texts"][i] for n in names) + " |")
+        out.append(f"| {i + 1} | " + " | ".join(cell(results[n]["samples"]["texts"][i]) for n in names) + " |")
     out += ["", "Reconstructions (posterior mean, greedy):", "",
             "| input | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     first = results[names[0]]["reconstruct"]
     for i in range(show_recon):
-        out.append(f"| {first['references'][i]} | "
-                   + " | ".join(results[n]["reconstruct"]["outputs"][i] for n in names) + " |")
+        out.append(f"| {cell(first['references'][i])} | "
+                   + " | ".join(cell(results[n]["reconstruct"]["outputs"][i]) for n in names) + " |")
     path = results[names[0]]["interpolation"]
-    out += ["", f"Interpolation (linear, greedy) from A = \"{path['a']}\" to B = \"{path['b']}\":", "",
+    out += ["", f'Interpolation (linear, greedy) from A = "{cell(path["a"])}" to B = "{cell(path["b"])}" '
+                f'(pair {path["pair"] + 1} of {results[names[0]]["paths"]["pairs"]}: the median mean edit '
+                f"distance of {names[0]}'s paths):", "",
             "| t | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for i, point in enumerate(path["path"]):
-        out.append(f"| {point['t']:.2f} | " + " | ".join(results[n]["interpolation"]["path"][i]["text"]
+        out.append(f"| {point['t']:.2f} | " + " | ".join(cell(results[n]["interpolation"]["path"][i]["text"])
                                                       for n in names) + " |")
     for n in names:
         ip = results[n]["interpolation"]
@@ -98,6 +107,7 @@ def main() -> None:
     parser.add_argument("--show", type=int, default=5, help="prior samples shown")
     parser.add_argument("--show-recon", type=int, default=3, help="reconstructions shown")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-repeat-ngram", type=int, default=0, help="greedy without repeated n-grams of this size")
     parser.add_argument("--png-dir", type=Path)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latent_examples.json"))
     args = parser.parse_args()
@@ -113,6 +123,13 @@ def main() -> None:
                 shutil.copyfile(png, args.png_dir / f"{name}-{kind}.png")
                 png.unlink()
             (args.png_dir / name).rmdir()
+    # The path shown: the pair whose path, under the first run, has the median mean_edit_distance
+    # (a typical path, not the best one); every run shows that same pair.
+    first = results[next(iter(results))]["interpolations"]
+    order = sorted(range(len(first)), key=lambda i: (first[i]["mean_edit_distance"], i))
+    shown = order[(len(order) - 1) // 2]
+    for r in results.values():
+        r["interpolation"] = {"pair": shown, **r["interpolations"][shown]}
     print(markdown(results, args.show, args.show_recon))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
