@@ -46,8 +46,7 @@ def run_study(
                 fit(cfg, run, resume=resume, overwrite=not resume, progress=progress)
             result = json.loads((run / "eval_test.json").read_text())
             valid = [r for r in read_metrics(run / "metrics.jsonl") if r["split"] == "valid"]
-            # A mean, not a median: aggressive training's few costly epochs are its cost.
-            result["seconds_per_epoch"] = statistics.fmean(r["seconds"] for r in valid)
+            result["seconds_per_epoch"] = seconds_per_epoch(valid)
             result["curve"] = [{k: r.get(k) for k in ("epoch", "kl", "mi", "au")} for r in valid]
             runs.setdefault(method, []).append(result)
     summary = summarise(runs)
@@ -57,6 +56,12 @@ def run_study(
     atomic_write_text(out / "study.md", to_markdown(study))
     plot_study(runs, out / "curves.png")
     return study
+
+
+def seconds_per_epoch(valid_records: list[dict]) -> float:
+    """Training seconds per epoch, from a run's validation records: a mean, not a median, because
+    aggressive training's few costly epochs are its cost."""
+    return statistics.fmean(r["seconds"] for r in valid_records)
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:
