@@ -24,10 +24,12 @@ import json
 import random
 import shutil
 import statistics
+import tempfile
 from pathlib import Path
 
 import textvae
 from textvae import DecodeConfig
+from textvae.latent import load
 
 
 def pick_sentences(path: Path, n: int, seed: int, min_words: int = 6, max_words: int = 16) -> list[str]:
@@ -40,11 +42,12 @@ def pick_sentences(path: Path, n: int, seed: int, min_words: int = 6, max_words:
 
 def examples(run: str, sentences: list[str], args) -> dict:
     greedy = DecodeConfig(no_repeat_ngram=args.no_repeat_ngram)
-    samples = textvae.sample(run, n=args.n_samples, decoding=greedy, seed=args.seed)
-    recon = textvae.reconstruct(run, sentences[: args.n_recon], decoding=greedy)
+    lm = load(run)  # once for the three tools
+    samples = textvae.sample(lm, n=args.n_samples, decoding=greedy, seed=args.seed)
+    recon = textvae.reconstruct(lm, sentences[: args.n_recon], decoding=greedy)
     pairs = list(zip(sentences[args.n_recon : args.n_recon + args.n_pairs],
                      sentences[args.n_recon + args.n_pairs : args.n_recon + 2 * args.n_pairs], strict=True))
-    paths = textvae.interpolate_pairs(run, pairs, steps=args.steps, decoding=greedy, seed=args.seed)
+    paths = textvae.interpolate_pairs(lm, pairs, steps=args.steps, decoding=greedy, seed=args.seed)
     return {
         "samples": samples.to_dict(),
         "reconstruct": recon.to_dict(),
@@ -112,17 +115,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latent_examples.json"))
     args = parser.parse_args()
     sentences = pick_sentences(args.test, args.n_recon + 2 * args.n_pairs, args.seed)
-    # The reconstructions shown are the first --show; the interpolation is the first pair.
     results = {}
     for spec in args.runs:
         name, _, run = spec.partition("=")
         results[name] = {"run": run, **examples(run, sentences, args)}
         if args.png_dir:
             args.png_dir.mkdir(parents=True, exist_ok=True)
-            for kind, png in textvae.plot(run, out_dir=args.png_dir / name).items():
-                shutil.copyfile(png, args.png_dir / f"{name}-{kind}.png")
-                png.unlink()
-            (args.png_dir / name).rmdir()
+            with tempfile.TemporaryDirectory() as tmp:
+                for kind, png in textvae.plot(run, out_dir=tmp).items():
+                    shutil.move(png, args.png_dir / f"{name}-{kind}.png")
     # The path shown: the pair whose path, under the first run, has the median mean_edit_distance
     # (a typical path, not the best one); every run shows that same pair.
     first = results[next(iter(results))]["interpolations"]

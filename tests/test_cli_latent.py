@@ -64,8 +64,11 @@ def test_sample_prints_sentences_and_scores(debug_run, cli_main):
 
 def test_sample_no_repeat_ngram_reaches_the_decoder(debug_run, cli_main):
     args = ["sample", debug_run.dir, "-n", "6", "--strategy", "greedy", "--max-length", "12", "--json"]
-    texts = json.loads(ok(cli_main(*args, "--no-repeat-ngram", "1")))["texts"]
-    assert all(len(set(t.split())) == len(t.split()) for t in texts)  # no word twice in a sentence
+    def repeats(texts):
+        return [len(set(t.split())) < len(t.split()) for t in texts]
+
+    assert any(repeats(json.loads(ok(cli_main(*args)))["texts"]))  # the tiny model repeats words by itself
+    assert not any(repeats(json.loads(ok(cli_main(*args, "--no-repeat-ngram", "1")))["texts"]))
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

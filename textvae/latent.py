@@ -8,7 +8,7 @@ with :mod:`textvae.scoring`. The CLI commands of the same names are thin layers 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -181,8 +181,7 @@ def interpolate_pairs(run, pairs: list[tuple[str, str]], steps: int = 8, method:
     # The endpoints' greedy reconstructions ride in the same batch as a greedy path.
     greedy = decoding.strategy == "greedy"
     texts = decode_texts(lm, torch.cat([points, ends]) if greedy else points, decoding, gen)
-    recs = texts[p * steps:] if greedy else decode_texts(
-        lm, ends, DecodeConfig(max_length=decoding.max_length, no_repeat_ngram=decoding.no_repeat_ngram))
+    recs = texts[p * steps:] if greedy else decode_texts(lm, ends, replace(decoding, strategy="greedy"))
     ts = [i / (steps - 1) for i in range(steps)]
     results = []
     for i in range(p):

@@ -155,7 +155,8 @@ def plot_run(run, out_dir: str | Path | None = None, limit: int | None = None, d
         texts, labels = load_split(lm.cfg.data, "valid")
         texts, labels = texts[:limit], None if labels is None else labels[:limit]
         points, explained = pca_2d(encode_texts(lm, texts).cpu())
-        title = (f"{lm.cfg.name}, method {lm.cfg.method}, seed {lm.cfg.seed}: posterior means of {len(texts)} validation sentences\n"
+        title = (f"{lm.cfg.name}, method {lm.cfg.method}, seed {lm.cfg.seed}: "
+                 f"posterior means of {len(texts)} validation sentences\n"
                  f"PCA: {explained[0]:.1%} + {explained[1]:.1%} of the variance")
         written["latent"] = plot_latent_space(points, labels, out / "latent.png", title)
     return written
