@@ -67,6 +67,24 @@ def test_aggressive_inner_loop_moves_only_the_encoder_then_the_decoder_step_only
     assert all(optimizer.state[p]["step"] == 1 for p in decoder)
 
 
+def test_aggressive_decoder_step_with_a_critic_is_the_elbo_only_decoder_step():
+    """The critic term cannot reach the decoder; in a decoder-only step it must not change the clipping either."""
+    cfg = load_recipe("debug", ["method=critic-self", "train.grad_clip=0.5"])  # clipping engages
+    data = TextDataset(random_ids([3, 10, 5, 7, 4, 9, 6, 8], seed=5))
+    batch = data.batches(8)[0]
+    after = []
+    for critic_w in (50.0, 0.0):  # a large λ would change the joint clip factor
+        model = make_model(seed=0, init_range=0.3, emb_init_range=0.3).train()
+        critic = build_critic(cfg.critic, model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        torch.manual_seed(1)  # the same z sample and dropout masks in both steps
+        sums = train_step(model, critic, batch, cfg=cfg, kl_w=1.0, critic_w=critic_w, optimizer=optimizer,
+                          critic_optimizer=None, critic_params=[], update="decoder")
+        assert sums["critic_loss"] > 0  # still logged
+        after.append(_snapshot(model.decoder.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(*after, strict=True))
+
+
 def test_aggressive_inner_loop_stops_when_the_windowed_loss_rises_or_at_the_cap():
     cfg = load_recipe("debug", ["train.aggressive_check_every_steps=15"]).train
     assert cfg.aggressive_max_encoder_steps == 99  # He et al.: `while sub_iter < 100`

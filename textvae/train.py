@@ -156,16 +156,20 @@ def train_step(model, critic, batch, cfg: Config, kl_w: float, critic_w: float, 
     ``critic.optimizer=adam``, stepped by their own optimiser. ``update`` = ``encoder``
     or ``decoder`` moves only that side (aggressive training, :mod:`textvae.strategies`):
     the whole model's gradient is clipped first, as He et al. do, then the other side's
-    is dropped.
+    is dropped. A ``decoder`` step only logs the critic term.
     """
     out = model(batch.input_ids, batch.attention_mask, batch.encoder_input_ids, batch.encoder_attention_mask)
     loss = negative_elbo(out, kl_w, cfg.train.free_bits, cfg.train.free_bits_mode)
     b = batch.input_ids.size(0)
     sums = {"rec": float(out.rec.detach().sum()), "kl": float(out.kl.detach().sum()), "n": b}
     if critic is not None:  # the critic reads x as the encoder does (it may share the encoder's embedding)
-        c_loss, c_acc, c_bound = critic_term(critic, out, batch.encoder_input_ids, batch.encoder_attention_mask,
-                                             cfg.critic)
-        loss = loss + critic_w * c_loss
+        # A decoder-only step cannot use the critic term (it never reaches the decoder): it is only logged, so
+        # the step, and its gradient clipping, is He et al.'s decoder step on the ELBO alone.
+        with torch.set_grad_enabled(update != "decoder"):
+            c_loss, c_acc, c_bound = critic_term(critic, out, batch.encoder_input_ids,
+                                                 batch.encoder_attention_mask, cfg.critic)
+        if update != "decoder":
+            loss = loss + critic_w * c_loss
         sums.update(critic_loss=float(c_loss.detach()) * b, critic_acc=float(c_acc) * b,
                     critic_mi_bound=float(c_bound) * b)
     sums["loss"] = float(loss.detach()) * b
