@@ -100,7 +100,8 @@ def speed(data: str, steps: int, repeats: int, sentences: int) -> dict:
         t0 = time.perf_counter()
         for batch in test.batches(batch_size):
             k_chunk = chunk or iw_chunk_size(cfg.eval.max_chunk_logits, *batch.input_ids.shape, tok.vocab_size)
-            iw_log_weights(model, batch.input_ids, batch.attention_mask, 500, k_chunk)
+            posterior = model.encode(batch.input_ids, batch.attention_mask)  # once per sentence, as evaluate()
+            iw_log_weights(model, posterior, batch.input_ids, 500, k_chunk)
         return len(test) / (time.perf_counter() - t0)
 
     with torch.no_grad():

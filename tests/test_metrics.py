@@ -26,12 +26,17 @@ def batch():
 # --- importance-weighted NLL --------------------------------------------------------------------
 
 
+def _q(model, batch):
+    with torch.no_grad():
+        return model.encode(batch.input_ids, batch.attention_mask)
+
+
 def test_iw_log_weights_shape_and_chunking_do_not_matter(informative_model, batch):
     k = 400
     torch.manual_seed(0)
-    whole = iw_log_weights(informative_model, batch.input_ids, batch.attention_mask, k=k, chunk=k)
+    whole = iw_log_weights(informative_model, _q(informative_model, batch), batch.input_ids, k=k, chunk=k)
     torch.manual_seed(1)
-    chunked = iw_log_weights(informative_model, batch.input_ids, batch.attention_mask, k=k, chunk=7)
+    chunked = iw_log_weights(informative_model, _q(informative_model, batch), batch.input_ids, k=k, chunk=7)
     assert whole.shape == chunked.shape == (k, 6)
     assert torch.isfinite(whole).all() and torch.isfinite(chunked).all()
     # chunks only bound memory: the log weights have the same distribution (means within 5 standard errors)
@@ -44,7 +49,7 @@ def test_iw_log_weight_is_log_joint_minus_log_posterior(informative_model, batch
     """With one sample, log w = −rec(z) + log p(z) − log q(z|x) for the z that was drawn."""
     model = informative_model
     torch.manual_seed(3)
-    log_w = iw_log_weights(model, batch.input_ids, batch.attention_mask, k=1, chunk=1)[0]
+    log_w = iw_log_weights(model, _q(model, batch), batch.input_ids, k=1, chunk=1)[0]
     torch.manual_seed(3)
     with torch.no_grad():
         q = model.encode(batch.input_ids, batch.attention_mask)
@@ -61,7 +66,7 @@ def test_iw_nll_with_one_sample_is_negative_elbo_in_expectation(informative_mode
     iw1 = []
     for seed in range(n):
         torch.manual_seed(seed)
-        log_w = iw_log_weights(model, batch.input_ids, batch.attention_mask, k=1, chunk=1)
+        log_w = iw_log_weights(model, _q(model, batch), batch.input_ids, k=1, chunk=1)
         iw1.append(iw_nll_from_log_weights(log_w))
     iw1 = torch.stack(iw1)  # (n, B)
     # −ELBO from the forward pass: analytic KL + many reconstruction samples
@@ -83,7 +88,7 @@ def test_iw_nll_with_one_sample_is_negative_elbo_in_expectation(informative_mode
 def test_iw_bound_never_worse_with_more_of_the_same_samples(informative_model, batch):
     """Jensen, deterministically: for the same 100 samples, IW_100 ≤ mean of ten IW_10 ≤ mean of IW_1."""
     torch.manual_seed(4)
-    log_w = iw_log_weights(informative_model, batch.input_ids, batch.attention_mask, k=100, chunk=100)
+    log_w = iw_log_weights(informative_model, _q(informative_model, batch), batch.input_ids, k=100, chunk=100)
     iw100 = iw_nll_from_log_weights(log_w)  # (B,)
     iw10 = torch.stack([iw_nll_from_log_weights(g) for g in log_w.view(10, 10, -1)]).mean(0)
     iw1 = (-log_w).mean(0)
@@ -110,7 +115,7 @@ def test_iw_estimate_decreases_with_k_in_expectation(informative_model, batch):
         for seed in range(r):
             torch.manual_seed(1000 * k + seed)
             vals.append(iw_nll_from_log_weights(
-                iw_log_weights(model, batch.input_ids, batch.attention_mask, k=k, chunk=50)).mean())
+                iw_log_weights(model, _q(model, batch), batch.input_ids, k=k, chunk=50)).mean())
         vals = torch.stack(vals)
         means[k], ses[k] = float(vals.mean()), float(vals.std() / math.sqrt(r))
     for small, large in ((1, 10), (10, 100)):

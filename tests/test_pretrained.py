@@ -68,7 +68,7 @@ def test_forward_loss_iw_nll_and_gradients(tiny_pretrained, tokenizer):
     model.eval()
     with torch.no_grad():
         posterior = model.encode(b.encoder_input_ids, b.encoder_attention_mask)
-    log_w = iw_log_weights(model, b.input_ids, b.attention_mask, k=5, chunk=2, posterior=posterior)
+    log_w = iw_log_weights(model, posterior, b.input_ids, k=5, chunk=2)
     assert log_w.shape == (5, 3) and torch.isfinite(log_w).all()
     critic = build_critic(load_recipe("debug", ["method=critic-hybrid"]).critic, model)
     assert critic.x_encoder.embed is model.encoder.hf.get_input_embeddings()  # BERT's word embedding, shared

@@ -100,7 +100,9 @@ def test_transformer_vae_loss_iw_nll_and_lm(tiny_dataset):
     (out.rec + out.kl).mean().backward()
     assert out.rec.shape == out.kl.shape == (4,) and torch.isfinite(out.rec).all()
     assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith(("encoder.", "decoder.latent")))
-    log_w = iw_log_weights(model.eval(), b.input_ids, b.attention_mask, k=6, chunk=4)
+    model.eval()
+    with torch.no_grad():
+        log_w = iw_log_weights(model, model.encode(b.input_ids, b.attention_mask), b.input_ids, k=6, chunk=4)
     assert log_w.shape == (6, 4) and torch.isfinite(log_w).all()
     lm = transformer(latent_dim=0)
     assert lm.encoder is None

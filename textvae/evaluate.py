@@ -90,7 +90,7 @@ def _evaluate(model, dataset: TextDataset, cfg: EvalConfig, device, iw: bool, se
         kl.append(out.kl.cpu())
         if latent and iw:
             chunk = iw_chunk_size(cfg.max_chunk_logits, *batch.input_ids.shape, vocab)
-            log_w = iw_log_weights(model, batch.input_ids, batch.attention_mask, cfg.iw_samples, chunk, out.posterior)
+            log_w = iw_log_weights(model, out.posterior, batch.input_ids, cfg.iw_samples, chunk)
             nll.append(iw_nll_from_log_weights(log_w).cpu())
         else:
             nll.append((out.rec + out.kl).cpu())

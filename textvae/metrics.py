@@ -19,16 +19,12 @@ from .modules.posterior import pairwise_log_prob
 
 
 @torch.no_grad()
-def iw_log_weights(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, chunk: int, posterior=None
-) -> torch.Tensor:
-    """log p(x, z_k) − log q(z_k|x) for K posterior samples, decoded ``chunk`` samples at a time.
+def iw_log_weights(model, posterior, input_ids: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
+    """log p(x, z_k) − log q(z_k|x) for K samples of ``posterior`` = q(z|x), decoded ``chunk`` samples at a time.
 
-    ``posterior``: q(z|x) if the caller has already encoded the batch (each sentence is encoded once).
-    Shape: input_ids (B, T) → (K, B).
+    The caller encodes x (with the encoder's own ids, which may differ from the decoder's
+    ``input_ids``), once per sentence. Shape: input_ids (B, T) → (K, B).
     """
-    if posterior is None:
-        posterior = model.encode(input_ids, attention_mask)
     prior = model.prior()
     out = []
     for start in range(0, k, chunk):
