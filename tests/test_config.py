@@ -133,6 +133,8 @@ def test_unknown_recipe_suggests_the_nearest():
     ("train.kl_ratio_zero=1.5", r"bad value for 'train.kl_ratio_zero': 1.5"),
     ("train.kl_ratio_increase=0", r"bad value for 'train.kl_ratio_increase': 0"),
     ("train.kl_n_cycles=0", r"bad value for 'train.kl_n_cycles': 0"),
+    ("train.max_train_minutes=0", r"bad value for 'train.max_train_minutes': 0"),
+    ("train.max_train_minutes=nan", r"bad value for 'train.max_train_minutes': nan"),
     ("train.aggressive_check_every_steps=0", r"bad value for 'train.aggressive_check_every_steps': 0"),
     ("model.word_dropout=1.5", r"bad value for 'model.word_dropout': 1.5"),
     ("model.bn_gamma=-0.1", r"bad value for 'model.bn_gamma': -0.1"),

@@ -157,6 +157,21 @@ def test_overwrite_replaces_the_run(tmp_path):
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"] == [1, 2]
 
 
+def test_time_budget_stops_training_and_survives_a_resume(tmp_path):
+    """train.max_train_minutes: the step that crosses the budget is the last; the time spent is checkpointed."""
+    tiny = FAST + ["train.max_train_minutes=1e-9", "train.log_every_steps=1"]  # any step crosses it
+    run = fit(load_recipe("debug", tiny), tmp_path / "run", progress=False)
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"] == [1]
+    assert (run / "eval_test.json").is_file()  # a budget ends the run as usual: test evaluation follows
+    state = load_trainer_state(latest_checkpoint(run))
+    assert state["step"] == 1 and state["train_seconds"] > 0
+    fit(load_recipe("debug", tiny), run, resume=True, progress=False)  # the budget is already spent
+    assert load_trainer_state(latest_checkpoint(run))["step"] == 1
+    fit(load_recipe("debug", FAST + ["train.max_steps=3", "train.log_every_steps=1"]), run, resume=True,
+        progress=False)  # without it, training goes on
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"] == [1, 2, 3]
+
+
 def test_language_model_run(tmp_path):
     run = fit(load_recipe("debug", FAST + ["method=lm", "train.max_steps=3"]), tmp_path / "lm", progress=False)
     result = json.loads((run / "eval_test.json").read_text())

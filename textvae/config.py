@@ -85,6 +85,7 @@ class TrainConfig:
     grad_clip: float = 5.0  # max global grad norm
     max_epochs: int = 100
     max_steps: int | None = None  # stop after this many optimizer steps (None: no limit)
+    max_train_minutes: float | None = None  # stop once training (validation excluded) has taken this long (None: no limit)
     kl_schedule: str = "linear"  # linear (warm-up from kl_start) | cyclical (Fu et al. 2019)
     kl_start: float = 1.0  # linear: KL weight at step 0 (1.0 = no warm-up)
     kl_warmup_epochs: float = 10.0  # linear: epochs for the weight to rise by 1.0 (He et al.'s linear schedule)
@@ -288,6 +289,9 @@ def validate(cfg: Config) -> Config:
             raise TextVAEError(f"bad value for '{key}': {value} (must be >= 1)")
     if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
         raise TextVAEError(f"bad value for 'train.max_steps': {cfg.train.max_steps} (must be >= 1)")
+    minutes = cfg.train.max_train_minutes
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise TextVAEError(f"bad value for 'train.max_train_minutes': {minutes} (must be a number > 0)")
     ranges = {  # key: (value, low, high), inclusive
         "train.beta": (cfg.train.beta, 0.0, math.inf),
         "train.free_bits": (cfg.train.free_bits, 0.0, math.inf),

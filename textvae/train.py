@@ -212,7 +212,7 @@ def fit(
     else:
         model = build_model(cfg, tokenizer).to(device)
         state = dict(step=0, epoch=0, batch_in_epoch=0, best_val=math.inf, plateau_best=math.inf,
-                     bad_epochs=0, n_decays=0, lr=cfg.train.lr)
+                     bad_epochs=0, n_decays=0, lr=cfg.train.lr, train_seconds=0.0)
     state = {**initial_state(cfg.train), **state}  # checkpoints written before the strategies existed
     if model.latent_dim == 0 and (cfg.train.aggressive or cfg.train.ae_epochs):
         raise TextVAEError("train.aggressive and train.ae_epochs need a latent variable (model.latent_dim > 0)")
@@ -234,7 +234,10 @@ def fit(
     tc = cfg.train
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
     max_steps = tc.max_steps or math.inf
-    stop = state["step"] >= max_steps or state["n_decays"] >= tc.max_lr_decays
+    max_seconds = 60 * tc.max_train_minutes if tc.max_train_minutes else math.inf  # a CPU-time budget
+    state.setdefault("train_seconds", 0.0)  # checkpoints written before the time budget existed
+    stop = (state["step"] >= max_steps or state["n_decays"] >= tc.max_lr_decays
+            or state["train_seconds"] >= max_seconds)
     while not stop and state["epoch"] < tc.max_epochs:
         batches = train_set.batches(tc.batch_size, shuffle=True, seed=cfg.seed * 100_003 + state["epoch"])
         model.train()
@@ -276,10 +279,11 @@ def fit(
                 record.update(_strategy_fields(state, sums, tc))
                 metrics.write(record)
                 bar.set_postfix(loss=f"{sums['loss'] / n:.2f}", kl=f"{sums['kl'] / n:.2f}")
-            if state["step"] >= max_steps:
+            if state["step"] >= max_steps or state["train_seconds"] + time.perf_counter() - t0 >= max_seconds:
                 stop = True
                 break
         seconds = time.perf_counter() - t0
+        state["train_seconds"] += seconds
         val = evaluate(model, valid_set, cfg.eval, device, iw=False, seed=cfg.seed, progress=False)
         val_loss = val.rec if state["stage"] == "ae" else -val.elbo  # an autoencoder is selected by rec (Li et al.)
         whole_epoch = state["batch_in_epoch"] >= len(batches)
@@ -311,7 +315,8 @@ def fit(
                 model.load_state_dict(best.state_dict())
                 begin_vae_stage(model, state, tc.lr)
                 optimizer, _ = make_optimizers(model, critic, cfg, state["lr"])
-                stop = state["step"] >= max_steps  # the lr decays of the AE stage do not end the run
+                # the lr decays of the AE stage do not end the run
+                stop = state["step"] >= max_steps or state["train_seconds"] >= max_seconds
         state["optimizer"] = optimizer.state_dict()
         if critic is not None:
             state["critic"] = critic.state_dict()
