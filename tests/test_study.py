@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import run_cli
 
 from textvae.study import FIGURES, seconds_per_epoch, to_markdown
@@ -41,6 +42,10 @@ def test_seconds_per_epoch_counts_costly_epochs():
     """Two aggressive epochs of 250 s among 48 of 6 s cost 15.8 s/epoch on average; a median would say 6."""
     records = [{"seconds": 250.0}] * 2 + [{"seconds": 6.0}] * 48
     assert seconds_per_epoch(records) == (2 * 250 + 48 * 6) / 50
+    # a run stopped by a time budget a tenth into its only epoch: 100 s there is 1000 s per epoch
+    assert seconds_per_epoch([{"seconds": 100.0, "epoch_fraction": 0.1}]) == pytest.approx(1000.0)
+    halves = [{"seconds": 30.0, "epoch_fraction": 0.5}] * 2 + [{"seconds": 60.0}]  # a resumed epoch
+    assert seconds_per_epoch(halves) == pytest.approx(60.0)
 
 
 def test_study_rejects_unknown_method(tmp_path):

@@ -165,6 +165,8 @@ def test_time_budget_stops_training_and_survives_a_resume(tmp_path):
     assert (run / "eval_test.json").is_file()  # a budget ends the run as usual: test evaluation follows
     state = load_trainer_state(latest_checkpoint(run))
     assert state["step"] == 1 and state["train_seconds"] > 0
+    valid = [r for r in read_metrics(run / "metrics.jsonl") if r["split"] == "valid"]
+    assert [r["epoch_fraction"] for r in valid] == [1 / 25]  # 1 of the epoch's 25 batches
     fit(load_recipe("debug", tiny), run, resume=True, progress=False)  # the budget is already spent
     assert load_trainer_state(latest_checkpoint(run))["step"] == 1
     fit(load_recipe("debug", FAST + ["train.max_steps=3", "train.log_every_steps=1"]), run, resume=True,

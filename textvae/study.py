@@ -59,9 +59,11 @@ def run_study(
 
 
 def seconds_per_epoch(valid_records: list[dict]) -> float:
-    """Training seconds per epoch, from a run's validation records: a mean, not a median, because
-    aggressive training's few costly epochs are its cost."""
-    return statistics.fmean(r["seconds"] for r in valid_records)
+    """Training seconds per epoch, from a run's validation records: total seconds over epochs done, not
+    a median, because aggressive training's few costly epochs are its cost. A record covering part of an
+    epoch (a time or step budget, a resume) counts as its ``epoch_fraction`` of one."""
+    done = sum(r.get("epoch_fraction", 1.0) for r in valid_records)
+    return sum(r["seconds"] for r in valid_records) / done
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:
@@ -88,7 +90,7 @@ def to_markdown(study: dict) -> str:
         "",
         f"Test split; nll = IW-NLL with K = {k} (nats/sequence{exact}); mi over the whole split "
         f"(ceiling {first['mi_ceiling']:.2f}); mi_batch = He et al.'s per-batch estimator; s/epoch = training "
-        "seconds per epoch averaged over the run's epochs. Mean ± std over seeds.",
+        "seconds over the epochs done (a partial epoch counts as its fraction). Mean ± std over seeds.",
         "",
         "| method | nll | ppl | kl | mi | mi_batch | au | s/epoch | time vs vae |",
         "|---|---|---|---|---|---|---|---|---|",

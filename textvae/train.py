@@ -244,7 +244,7 @@ def fit(
         if critic is not None:
             critic.train()
         t0 = time.perf_counter()
-        tokens = 0
+        tokens, first_batch = 0, state["batch_in_epoch"]
         sums = dict.fromkeys(("loss", "rec", "kl", "critic_loss", "critic_acc", "critic_mi_bound", "n",
                               "encoder_steps", "steps"), 0.0)
         bar = tqdm(batches[state["batch_in_epoch"]:], desc=f"epoch {state['epoch'] + 1}", leave=False,
@@ -292,6 +292,7 @@ def fit(
                        "rec": val.rec, "kl": val.kl, "mi": val.mi, "mi_batch": val.mi_batch, "au": val.au,
                        "ppl": val.ppl, "kl_weight": stage_kl_weight(state, steps_per_epoch, tc), "lr": state["lr"],
                        "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9),
+                       "epoch_fraction": (state["batch_in_epoch"] - first_batch) / len(batches),
                        **_strategy_fields(state, sums, tc)})
         if switched_off:
             metrics.write({"split": "event", "step": state["step"], "epoch": state["epoch"] + 1,
