@@ -34,8 +34,7 @@ def posteriors(run: Path, split: str, batch_size: int = 64) -> tuple[torch.Tenso
     model.eval()
     locs, scales = [], []
     for b in datasets[split].batches(batch_size):
-        q = model.encode(b.encoder_input_ids if b.encoder_input_ids is not None else b.input_ids,
-                         b.encoder_attention_mask if b.encoder_attention_mask is not None else b.attention_mask)
+        q = model.encode(b.encoder_input_ids, b.encoder_attention_mask)  # the encoder's own tokenization
         locs.append(q.base_dist.loc)
         scales.append(q.base_dist.scale)
     return torch.cat(locs), torch.cat(scales)

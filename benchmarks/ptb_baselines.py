@@ -100,7 +100,7 @@ def speed(data: str, steps: int, repeats: int, sentences: int) -> dict:
         t0 = time.perf_counter()
         for batch in test.batches(batch_size):
             k_chunk = chunk or iw_chunk_size(cfg.eval.max_chunk_logits, *batch.input_ids.shape, tok.vocab_size)
-            posterior = model.encode(batch.input_ids, batch.attention_mask)  # once per sentence, as evaluate()
+            posterior = model.encode(batch.encoder_input_ids, batch.encoder_attention_mask)  # once, as evaluate()
             iw_log_weights(model, posterior, batch.input_ids, 500, k_chunk)
         return len(test) / (time.perf_counter() - t0)
 

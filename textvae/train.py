@@ -212,7 +212,7 @@ def fit(
     else:
         model = build_model(cfg, tokenizer).to(device)
         state = dict(step=0, epoch=0, batch_in_epoch=0, best_val=math.inf, plateau_best=math.inf,
-                     bad_epochs=0, n_decays=0, lr=cfg.train.lr, train_seconds=0.0)
+                     bad_epochs=0, n_decays=0, lr=cfg.train.lr)
     state = {**initial_state(cfg.train), **state}  # checkpoints written before the strategies existed
     if model.latent_dim == 0 and (cfg.train.aggressive or cfg.train.ae_epochs):
         raise TextVAEError("train.aggressive and train.ae_epochs need a latent variable (model.latent_dim > 0)")
@@ -235,9 +235,12 @@ def fit(
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
     max_steps = tc.max_steps or math.inf
     max_seconds = 60 * tc.max_train_minutes if tc.max_train_minutes else math.inf  # a CPU-time budget
-    state.setdefault("train_seconds", 0.0)  # checkpoints written before the time budget existed
-    stop = (state["step"] >= max_steps or state["n_decays"] >= tc.max_lr_decays
-            or state["train_seconds"] >= max_seconds)
+    state.setdefault("train_seconds", 0.0)  # training time so far (also for checkpoints older than the key)
+
+    def budget_spent(running_seconds: float = 0.0) -> bool:
+        return state["step"] >= max_steps or state["train_seconds"] + running_seconds >= max_seconds
+
+    stop = budget_spent() or state["n_decays"] >= tc.max_lr_decays
     while not stop and state["epoch"] < tc.max_epochs:
         batches = train_set.batches(tc.batch_size, shuffle=True, seed=cfg.seed * 100_003 + state["epoch"])
         model.train()
@@ -279,7 +282,7 @@ def fit(
                 record.update(_strategy_fields(state, sums, tc))
                 metrics.write(record)
                 bar.set_postfix(loss=f"{sums['loss'] / n:.2f}", kl=f"{sums['kl'] / n:.2f}")
-            if state["step"] >= max_steps or state["train_seconds"] + time.perf_counter() - t0 >= max_seconds:
+            if budget_spent(time.perf_counter() - t0):
                 stop = True
                 break
         seconds = time.perf_counter() - t0
@@ -316,8 +319,7 @@ def fit(
                 model.load_state_dict(best.state_dict())
                 begin_vae_stage(model, state, tc.lr)
                 optimizer, _ = make_optimizers(model, critic, cfg, state["lr"])
-                # the lr decays of the AE stage do not end the run
-                stop = state["step"] >= max_steps or state["train_seconds"] >= max_seconds
+                stop = budget_spent()  # the lr decays of the AE stage do not end the run
         state["optimizer"] = optimizer.state_dict()
         if critic is not None:
             state["critic"] = critic.state_dict()
