@@ -91,6 +91,32 @@ def test_queue_raises_the_candidate_count():
     assert torch.equal(before, critic.queue)
 
 
+def test_self_critic_queue_scores_past_posteriors_without_gradient():
+    torch.manual_seed(0)
+    critic = SelfCritic(latent_dim=3, queue_size=5).train()
+    batches = [(torch.randn(4, 3, requires_grad=True), torch.rand(4, 3) + 0.1) for _ in range(3)]
+    counts = []
+    for loc, scale in batches:
+        z = torch.randn(4, 3)
+        scores = critic(z, Independent(Normal(loc, scale), 1))
+        counts.append(scores.shape[1])
+    assert counts == [4, 8, 9]  # B, then B + queued posteriors, capped at B + queue_size
+    # the last call scored against the newest 5 queued posteriors: batch 2's four, then batch 1's first
+    queued_loc = torch.cat([batches[1][0], batches[0][0]])[:5]
+    queued_scale = torch.cat([batches[1][1], batches[0][1]])[:5]
+    expected = Independent(Normal(queued_loc[None], queued_scale[None]), 1).log_prob(z[:, None, :])
+    torch.testing.assert_close(scores[:, 4:], expected)
+    scores.sum().backward()
+    assert batches[2][0].grad.abs().sum() > 0 and batches[0][0].grad is None and batches[1][0].grad is None
+    assert not critic.queue_loc.requires_grad
+    critic.eval()  # evaluation does not push posteriors
+    before = critic.queue_loc.clone()
+    critic(z, Independent(Normal(*batches[0]), 1))
+    assert torch.equal(before, critic.queue_loc)
+    built = build_critic(CriticConfig(type="self", queue_size=7), make_model(seed=0))
+    assert isinstance(built, SelfCritic) and built.queue_size == 7
+
+
 def test_critic_weight_warmup_is_linear():
     cfg = CriticConfig(type="self", weight=2.0, warmup_steps=10)
     assert [critic_weight(s, cfg) for s in (0, 5, 10, 20)] == [0.0, 1.0, 2.0, 2.0]

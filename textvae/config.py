@@ -121,7 +121,7 @@ class CriticConfig:
     hidden_dim: int = 64  # neural/hybrid: critic LSTM and MLP width
     proj_dim: int = 64  # neural/hybrid: shared projection space
     share_encoder: bool = False  # hybrid: share the whole inference encoder (keys = MLP on its h), not only the embedding
-    queue_size: int = 0  # neural/hybrid: past x-keys kept as extra negatives (MoCo-style; slightly stale)
+    queue_size: int = 0  # past x-keys (neural/hybrid) or posteriors (self) kept as extra negatives (MoCo-style; slightly stale)
     optimizer: str = "same"  # same (a parameter group of the model's optimiser) | adam (its own)
     lr: float | None = None  # learning rate of the critic's own parameters (None: the model's / 1e-3 for adam)
 

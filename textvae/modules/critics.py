@@ -27,7 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Independent
+from torch.distributions import Independent, Normal
 
 from .encoders import LSTMEncoder
 from .posterior import pairwise_log_prob
@@ -55,13 +55,33 @@ class SelfCritic(nn.Module):
     Its InfoNCE is ``log B − [log q(z_i|x_i) − log q̂_B(z_i)]`` with q̂_B the batch's
     aggregate posterior: log B minus a minibatch estimate of I(x; z) itself. Since
     E[KL(q(z|x) ‖ p)] = I + KL(q(z) ‖ p), the objective −ELBO + λ·CE is about
-    rec + (1 − λ)·I + KL(q(z) ‖ p): λ − 1 is the net reward per nat of information.
+    rec + (1 − λ)·I + KL(q(z) ‖ p): λ − 1 is the net reward per nat of information,
+    but only up to the log B ceiling of the estimate (3.47 nats for B = 32).
+
+    With ``queue_size`` > 0 the posteriors (μ, σ) of past batches are kept as extra
+    candidates, ``S[i, B + k] = log q_k(z_i)``: q̂ becomes the aggregate of B + K
+    posteriors and the ceiling log(B + K). Queued posteriors come from an older encoder
+    (slightly stale) and get no gradient.
     """
+
+    def __init__(self, latent_dim: int = 0, queue_size: int = 0):
+        super().__init__()
+        self.queue_size = queue_size
+        self.register_buffer("queue_loc", torch.zeros(0, latent_dim), persistent=False)
+        self.register_buffer("queue_scale", torch.ones(0, latent_dim), persistent=False)
 
     def forward(self, z: torch.Tensor, posterior: Independent, input_ids=None, attention_mask=None,
                 encoder_h=None) -> torch.Tensor:
-        """Shape: z (B, D) → (B, B)."""
-        return pairwise_log_prob(posterior, z)
+        """Shape: z (B, D) → (B, B + queued posteriors)."""
+        scores = pairwise_log_prob(posterior, z)  # (B, B)
+        if self.queue_loc.numel():
+            queued = Independent(Normal(self.queue_loc, self.queue_scale), 1)
+            scores = torch.cat([scores, pairwise_log_prob(queued, z)], dim=1)  # (B, B + K)
+        if self.training and self.queue_size:
+            base = posterior.base_dist
+            self.queue_loc = torch.cat([base.loc.detach(), self.queue_loc])[: self.queue_size]
+            self.queue_scale = torch.cat([base.scale.detach(), self.queue_scale])[: self.queue_size]
+        return scores
 
 
 def _mlp(input_dim: int, hidden_dim: int, output_dim: int) -> nn.Sequential:
@@ -136,7 +156,7 @@ def build_critic(cfg, model) -> nn.Module | None:
     if cfg.type == "none" or model.latent_dim == 0:
         return None
     if cfg.type == "self":
-        return SelfCritic()
+        return SelfCritic(model.latent_dim, cfg.queue_size).to(next(model.parameters()).device)
     embedding = model.encoder.get_input_embeddings()
     shared = embedding if cfg.type == "hybrid" and not cfg.share_encoder else None
     return NeuralCritic(
