@@ -115,6 +115,8 @@ def test_self_critic_queue_scores_past_posteriors_without_gradient():
     assert torch.equal(before, critic.queue_loc)
     built = build_critic(CriticConfig(type="self", queue_size=7), make_model(seed=0))
     assert isinstance(built, SelfCritic) and built.queue_size == 7
+    unsized = SelfCritic(queue_size=2).train()  # the latent size is taken from the first batch
+    assert [unsized(z, Independent(Normal(*batches[0]), 1)).shape[1] for _ in range(2)] == [4, 6]
 
 
 def test_critic_weight_warmup_is_linear():

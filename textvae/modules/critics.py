@@ -78,9 +78,9 @@ class SelfCritic(nn.Module):
             queued = Independent(Normal(self.queue_loc, self.queue_scale), 1)
             scores = torch.cat([scores, pairwise_log_prob(queued, z)], dim=1)  # (B, B + K)
         if self.training and self.queue_size:
-            base = posterior.base_dist
-            self.queue_loc = torch.cat([base.loc.detach(), self.queue_loc])[: self.queue_size]
-            self.queue_scale = torch.cat([base.scale.detach(), self.queue_scale])[: self.queue_size]
+            base, d = posterior.base_dist, z.size(1)
+            self.queue_loc = torch.cat([base.loc.detach(), self.queue_loc.view(-1, d)])[: self.queue_size]
+            self.queue_scale = torch.cat([base.scale.detach(), self.queue_scale.view(-1, d)])[: self.queue_size]
         return scores
 
 
