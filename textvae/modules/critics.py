@@ -49,6 +49,14 @@ def info_nce(scores: torch.Tensor, symmetric: bool = False) -> tuple[torch.Tenso
     return loss, acc
 
 
+def push_queue(queue: torch.Tensor | None, new: torch.Tensor, size: int) -> torch.Tensor:
+    """A FIFO of extra negatives: ``new`` (detached) in front, the oldest rows dropped past ``size``.
+
+    Shape: queue (K, ...) or None, new (B, ...) → (min(B + K, size), ...).
+    """
+    return new.detach() if queue is None else torch.cat([new.detach(), queue])[:size]
+
+
 class SelfCritic(nn.Module):
     """``S[i, j] = log q(z_i | x_j)``: the inference network is its own critic.
 
@@ -64,23 +72,21 @@ class SelfCritic(nn.Module):
     (slightly stale) and get no gradient.
     """
 
-    def __init__(self, latent_dim: int = 0, queue_size: int = 0):
+    def __init__(self, queue_size: int = 0):
         super().__init__()
         self.queue_size = queue_size
-        self.register_buffer("queue_loc", torch.zeros(0, latent_dim), persistent=False)
-        self.register_buffer("queue_scale", torch.ones(0, latent_dim), persistent=False)
+        self.register_buffer("queue", None, persistent=False)  # (K, 2, D): queued (μ, σ)
 
     def forward(self, z: torch.Tensor, posterior: Independent, input_ids=None, attention_mask=None,
                 encoder_h=None) -> torch.Tensor:
         """Shape: z (B, D) → (B, B + queued posteriors)."""
         scores = pairwise_log_prob(posterior, z)  # (B, B)
-        if self.queue_loc.numel():
-            queued = Independent(Normal(self.queue_loc, self.queue_scale), 1)
+        if self.queue is not None:
+            queued = Independent(Normal(self.queue[:, 0], self.queue[:, 1]), 1)
             scores = torch.cat([scores, pairwise_log_prob(queued, z)], dim=1)  # (B, B + K)
         if self.training and self.queue_size:
-            base, d = posterior.base_dist, z.size(1)
-            self.queue_loc = torch.cat([base.loc.detach(), self.queue_loc.view(-1, d)])[: self.queue_size]
-            self.queue_scale = torch.cat([base.scale.detach(), self.queue_scale.view(-1, d)])[: self.queue_size]
+            base = posterior.base_dist
+            self.queue = push_queue(self.queue, torch.stack([base.loc, base.scale], dim=1), self.queue_size)
         return scores
 
 
@@ -131,7 +137,7 @@ class NeuralCritic(nn.Module):
         if not learn_temperature:
             self.register_buffer("fixed_log_tau", log_tau)
         self.queue_size = queue_size
-        self.register_buffer("queue", torch.zeros(0, proj_dim), persistent=False)
+        self.register_buffer("queue", None, persistent=False)  # (K, P): queued x-keys
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -145,9 +151,9 @@ class NeuralCritic(nn.Module):
         h = encoder_h if self.x_encoder is None else self.x_encoder(input_ids, attention_mask)  # (B, H)
         keys = F.normalize(self.f_x(h), dim=-1)  # (B, P)
         queries = F.normalize(self.g_z(z), dim=-1)  # (B, P)
-        candidates = torch.cat([keys, self.queue]) if self.queue.numel() else keys  # (C, P)
+        candidates = keys if self.queue is None else torch.cat([keys, self.queue])  # (C, P)
         if self.training and self.queue_size:
-            self.queue = torch.cat([keys.detach(), self.queue])[: self.queue_size]
+            self.queue = push_queue(self.queue, keys, self.queue_size)
         return queries @ candidates.T / self.temperature  # (B, C)
 
 
@@ -156,7 +162,7 @@ def build_critic(cfg, model) -> nn.Module | None:
     if cfg.type == "none" or model.latent_dim == 0:
         return None
     if cfg.type == "self":
-        return SelfCritic(model.latent_dim, cfg.queue_size).to(next(model.parameters()).device)
+        return SelfCritic(cfg.queue_size)
     embedding = model.encoder.get_input_embeddings()
     shared = embedding if cfg.type == "hybrid" and not cfg.share_encoder else None
     return NeuralCritic(
