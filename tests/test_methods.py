@@ -41,6 +41,9 @@ def test_each_method_sets_what_it_names():
         "batch_dim", "example_dim", "example_total"]
     assert all(load(n).train.free_bits > 0 for n in ("free-bits", "free-bits-mask", "kl-threshold", "ae-fb"))
     assert load("aggressive").train.aggressive and load("ae-fb").train.ae_epochs > 0
+    fb = load("critic-self-fb")  # the self critic's settings, plus a floor under every dimension's KL
+    assert (fb.critic, fb.model) == (load("critic-self").critic, load("critic-self").model)
+    assert (fb.train.free_bits, fb.train.free_bits_mode) == (0.1, "batch_dim")
     assert load("bn-vae").model.bn_gamma > 0 and load("word-dropout").model.word_dropout > 0
     # the user's overrides come after the method's
     assert load_recipe("debug", ["method=bn-vae", "model.bn_gamma=0.3"]).model.bn_gamma == 0.3
