@@ -23,16 +23,17 @@ from pathlib import Path
 import torch
 from ptb_baselines import machine
 
+from textvae.builders import build_datasets
 from textvae.config import load_recipe
-from textvae.model import TextVAE, resolve_model_args
+from textvae.model import TextVAE, with_tokenizer
 from textvae.modules.critics import build_critic
-from textvae.train import build_datasets, critic_own_parameters, make_optimizers, train_step
+from textvae.train import critic_own_parameters, make_optimizers, train_step
 
 
 def setup(recipe: str, data: str, method: str, datasets, tokenizer):
     cfg = load_recipe(recipe, [f"data.dir={data}", f"method={method}", "data.verify=false"])
     torch.manual_seed(0)
-    model = TextVAE(resolve_model_args(cfg.model, tokenizer.vocab_size, tokenizer.pad_id))
+    model = TextVAE(with_tokenizer(cfg.model, tokenizer))
     critic = build_critic(cfg.critic, model)
     optimizer, critic_optimizer = make_optimizers(model, critic, cfg, cfg.train.lr)
     batches = datasets["train"].batches(cfg.train.batch_size, shuffle=True, seed=0)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
+from textvae.builders import build_datasets
 from textvae.checkpoint import load_run
 from textvae.metrics import active_units, mutual_information
-from textvae.train import build_datasets
 
 
 @torch.no_grad()

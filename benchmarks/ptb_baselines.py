@@ -30,12 +30,13 @@ from pathlib import Path
 
 import torch
 
+from textvae.builders import build_datasets
 from textvae.config import load_recipe
 from textvae.data import TextDataset
 from textvae.metrics import iw_chunk_size, iw_log_weights
-from textvae.model import TextVAE, resolve_model_args
+from textvae.model import TextVAE, with_tokenizer
 from textvae.objectives import negative_elbo
-from textvae.train import build_datasets, fit, make_optimizers
+from textvae.train import fit, make_optimizers
 
 
 def machine() -> dict:
@@ -68,7 +69,7 @@ def speed(data: str, steps: int, repeats: int, sentences: int) -> dict:
     cfg = load_recipe("ptb", [f"data.dir={data}"])
     datasets, tok = build_datasets(cfg)
     torch.manual_seed(0)
-    model = TextVAE(resolve_model_args(cfg.model, tok.vocab_size))
+    model = TextVAE(with_tokenizer(cfg.model, tok))
     opt, _ = make_optimizers(model, None, cfg, cfg.train.lr)
     batches = datasets["train"].batches(32, shuffle=True, seed=0)
     rates = []

@@ -33,8 +33,9 @@ import torch  # noqa: E402
 # hundreds of times slower (OpenMP threads waiting on each other while another process runs).
 torch.set_num_threads(1)
 
+from textvae.config import ModelConfig  # noqa: E402
 from textvae.data import TextDataset  # noqa: E402
-from textvae.model import ModelArgs, TextVAE  # noqa: E402
+from textvae.model import TextVAE  # noqa: E402
 
 ASSETS = Path(__file__).parent / "assets"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ TINY = dict(vocab_size=30, embed_dim=8, enc_hidden_dim=8, dec_hidden_dim=8, late
 def make_model(seed: int = 0, **overrides) -> TextVAE:
     """A tiny seeded model in eval mode."""
     torch.manual_seed(seed)
-    return TextVAE(ModelArgs(**{**TINY, **overrides})).eval()
+    return TextVAE(ModelConfig(**{**TINY, **overrides})).eval()
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ import yaml
 from conftest import REPO_ROOT, SMALL_TEXT, write_corpus
 
 from textvae.config import (
+    PRESETS,
     Config,
+    ModelConfig,
     TextVAEError,
     config_from_dict,
     list_recipes,
@@ -19,7 +21,6 @@ from textvae.config import (
 )
 from textvae.data import load_texts
 from textvae.methods import METHODS, method_overrides
-from textvae.model import PRESETS, resolve_model_args
 
 
 def test_list_recipes_is_the_recipes_folder():
@@ -34,11 +35,12 @@ def test_every_bundled_recipe_loads_and_validates(name):
     assert isinstance(cfg, Config)
     assert cfg.name == name
     assert cfg.method in METHODS
-    # the architecture resolves: preset known, encoder/decoder registered
-    args = resolve_model_args(cfg.model, vocab_size=50)
+    # the architecture resolves: preset known and applied under the recipe's own fields
+    args = cfg.model
     assert args.latent_dim >= 0 and args.embed_dim > 0
-    if cfg.model.preset is not None:
-        assert cfg.model.preset in PRESETS
+    recipe_model = yaml.safe_load(recipe_path(name).read_text()).get("model", {})
+    for field_name, value in PRESETS.get(cfg.model.preset, {}).items():
+        assert getattr(args, field_name) == recipe_model.get(field_name, value), field_name
     # either a built-in corpus or a data.dir to fill in; fingerprints are well formed
     assert cfg.data.builtin is None or cfg.data.dir is None
     for file_name, digest in cfg.data.fingerprints.items():
@@ -60,22 +62,23 @@ def test_recipe_by_path_and_overrides(tmp_path):
 
 
 def test_model_preset_override_swaps_the_preset():
-    base = resolve_model_args(load_recipe("debug").model, vocab_size=40)
-    assert base.embed_dim == PRESETS["lstm-tiny"]["embed_dim"]
+    base = load_recipe("debug").model
+    assert base.embed_dim == PRESETS["lstm-tiny"]["embed_dim"] != ModelConfig().embed_dim
     cfg = load_recipe("debug", ["model.preset=lstm-synthetic"])
-    args = resolve_model_args(cfg.model, vocab_size=40)
     for key, value in PRESETS["lstm-synthetic"].items():
-        assert getattr(args, key) == value
-    assert args.dec_dropout_in == 0.0  # the recipe's own explicit fields still apply
+        assert getattr(cfg.model, key) == value
+    assert cfg.model.dec_dropout_in == 0.0  # the recipe's own explicit fields still apply
+    # a field set by an override beats the preset, whichever layer names the preset
+    assert load_recipe("debug", ["model.embed_dim=5", "model.preset=lstm-synthetic"]).model.embed_dim == 5
     with pytest.raises(TextVAEError, match="lstm-nope"):
-        resolve_model_args(load_recipe("debug", ["model.preset=lstm-nope"]).model, vocab_size=40)
+        load_recipe("debug", ["model.preset=lstm-nope"])
 
 
 def test_method_lm_sets_latent_dim_zero():
     cfg = load_recipe("debug", ["method=lm"])
     assert cfg.method == "lm"
     assert cfg.model.latent_dim == 0
-    assert resolve_model_args(cfg.model, vocab_size=40).latent_dim == 0
+    assert cfg.model.latent_dim == 0
     # the user's own overrides come after the method's
     assert load_recipe("debug", ["method=lm", "model.latent_dim=3"]).model.latent_dim == 3
     assert load_recipe("debug", ["model.latent_dim=3", "method=lm"]).model.latent_dim == 3

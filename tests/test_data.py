@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import ASSETS, DEBUG_DIR, SMALL_TEXT, write_corpus
 
+from textvae.builders import build_datasets
 from textvae.config import DataConfig, TextVAEError, TokenizerConfig, load_recipe
 from textvae.data import TextDataset, check_file, data_paths, generate_synthetic, load_texts
 from textvae.tokenization import train_tokenizer
-from textvae.train import build_datasets
 
 
 @pytest.fixture(scope="module")
@@ -85,27 +85,35 @@ def test_subset_and_max_length():
     assert len(sub) == 2 and sub.labels == [1, 2] and sub.texts == texts[:2]
 
 
-def test_max_length_truncates_train_only(tmp_path):
+def test_max_length_truncates_train_with_a_notice_and_refuses_long_evaluation_lines(tmp_path, caplog):
     long = "".join(" ".join(f"w{j}" for j in range(i % 9 + 1)) + "\n" for i in range(30))
-    root = write_corpus(tmp_path / "c", long)
+    short = "".join(" ".join(f"w{j}" for j in range(i % 4 + 1)) + "\n" for i in range(30))
+    root = write_corpus(tmp_path / "c", long, short, short)
     cfg = load_recipe("debug", [f"data.dir={root}", "data.max_length=4"])
-    datasets, _ = build_datasets(cfg)
+    with caplog.at_level("WARNING", logger="textvae"):
+        datasets, _ = build_datasets(cfg)
     assert max(len(s) for s in datasets["train"].ids) == 4
-    assert max(len(s) for s in datasets["valid"].ids) == 9
-    assert max(len(s) for s in datasets["test"].ids) == 9
-    assert len(datasets["train"]) == len(datasets["valid"]) == 30  # truncated, not dropped
+    assert len(datasets["train"]) == 30  # truncated, not dropped
+    [notice] = [r.getMessage() for r in caplog.records]
+    assert "train.txt: 15 of 30 lines are longer than data.max_length = 4" in notice and "line 9, has 9" in notice
+    assert max(len(s) for s in datasets["valid"].ids) == 4  # evaluation lines are never cut
+    # evaluation never truncates: a long test line is refused with its file and line number
+    write_corpus(tmp_path / "d", short, short, short + "\n\n" + " ".join(["w"] * 5) + "\n")
+    with pytest.raises(TextVAEError, match=r"d/test.txt:33: 5 tokens, more than data.max_length = 4"):
+        build_datasets(load_recipe("debug", [f"data.dir={tmp_path / 'd'}", "data.max_length=4"]))
 
 
 def test_blank_lines_dropped_and_lowercase(tmp_path):
     root = write_corpus(tmp_path / "c", "The Cat\n\n   \nA DOG runs\n")
     texts = load_texts(DataConfig(dir=str(root), lowercase=True))
-    assert texts["train"] == (["the cat", "a dog runs"], None)
-    assert load_texts(DataConfig(dir=str(root)))["valid"][0] == ["The Cat", "A DOG runs"]
+    assert (texts["train"].texts, texts["train"].labels, texts["train"].lines) == (["the cat", "a dog runs"], None,
+                                                                                   [1, 4])
+    assert load_texts(DataConfig(dir=str(root)))["valid"].texts == ["The Cat", "A DOG runs"]
 
 
 def test_builtin_debug_corpus_loads():
     texts = load_texts(DataConfig(builtin="debug"))
-    assert [len(texts[s][0]) for s in ("train", "valid", "test")] == [400, 60, 60]
+    assert [len(texts[s].texts) for s in ("train", "valid", "test")] == [400, 60, 60]
 
 
 # --- tsv_label ----------------------------------------------------------------------------------
@@ -118,9 +126,10 @@ def test_tsv_label_files_load_labels(tmp_path):
         shutil.copy(ASSETS / "yelp_sample.tsv", root / name)
     texts = load_texts(DataConfig(dir=str(root), format="tsv_label"))
     lines = (ASSETS / "yelp_sample.tsv").read_text().splitlines()
-    assert texts["train"] == ([line.split("\t")[1] for line in lines], [int(line.split("\t")[0]) for line in lines])
-    tokenizer = train_tokenizer(texts["train"][0], TokenizerConfig(type="word"))
-    ds = TextDataset.from_texts(*texts["test"][:1], tokenizer, labels=texts["test"][1])
+    assert texts["train"].texts == [line.split("\t")[1] for line in lines]
+    assert texts["train"].labels == [int(line.split("\t")[0]) for line in lines]
+    tokenizer = train_tokenizer(texts["train"].texts, TokenizerConfig(type="word"))
+    ds = TextDataset.from_texts(texts["test"].texts, tokenizer, labels=texts["test"].labels)
     assert ds.collate([1, 0]).class_labels.tolist() == [0, 4]
 
 
@@ -195,7 +204,7 @@ def test_fingerprint_match_and_mismatch(tmp_path, kind):
         load_texts(DataConfig(dir=str(root), fingerprints={"train.txt": expected, "test.txt": expected}))
     # and opting out skips the check
     texts = load_texts(DataConfig(dir=str(root), fingerprints={"test.txt": expected}, verify=False))
-    assert texts["test"][0] == ["a different test file"]
+    assert texts["test"].texts == ["a different test file"]
 
 
 def test_fingerprint_detects_a_one_byte_change(tmp_path):

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from conftest import make_model, random_ids
 
 from textvae.checkpoint import load_model_dir, save_model_dir
-from textvae.config import ModelConfig, TextVAEError, TokenizerConfig
+from textvae.config import PRESETS, ModelConfig, TextVAEError, TokenizerConfig
 from textvae.data import TextDataset
-from textvae.model import PRESETS, ModelArgs, TextVAE, resolve_model_args
+from textvae.model import TextVAE
 from textvae.modules.decoders import word_dropout
 from textvae.tokenization import train_tokenizer
 
@@ -137,15 +137,17 @@ def test_he_initialisation_ranges():
         assert p.abs().max() > bound / 2, name  # really drawn from the whole range
 
 
-def test_resolve_model_args_preset_then_fields():
-    args = resolve_model_args(ModelConfig(preset="lstm-ptb", latent_dim=8), vocab_size=40, pad_id=0)
-    assert args.embed_dim == PRESETS["lstm-ptb"]["embed_dim"]
-    assert args.latent_dim == 8  # explicit field beats the preset
-    assert args.vocab_size == 40
+def test_model_config_from_a_preset_then_fields():
+    cfg = ModelConfig.from_preset("lstm-ptb", latent_dim=8, vocab_size=40)
+    assert cfg.embed_dim == PRESETS["lstm-ptb"]["embed_dim"] != ModelConfig().embed_dim - 1
+    assert cfg.latent_dim == 8  # an explicit field beats the preset
+    assert (cfg.vocab_size, cfg.preset) == (40, "lstm-ptb")
     with pytest.raises(TextVAEError, match="model.preset"):
-        resolve_model_args(ModelConfig(preset="lstm-nope"), vocab_size=40)
-    with pytest.raises(TextVAEError, match="model.encoder"):
-        resolve_model_args(ModelConfig(preset="lstm-tiny", encoder="gru"), vocab_size=40)
+        ModelConfig.from_preset("lstm-nope")
+    with pytest.raises(TextVAEError, match=r"bad value for 'model.encoder': 'gru'"):
+        ModelConfig.from_preset("lstm-tiny", encoder="gru")
+    with pytest.raises(TextVAEError, match=r"bad value for 'model.latent_dim': -2 \(must be >= 0\)"):
+        TextVAE(ModelConfig(vocab_size=40, latent_dim=-2))
 
 
 # --- save → load ---------------------------------------------------------------------------------
@@ -202,7 +204,7 @@ def test_load_model_dir_rejects_non_model_directory(tmp_path):
 def test_model_args_roundtrip_through_config_json(tmp_path):
     model = make_model(latent_dim=3, dec_dropout_in=0.25)
     model.save_pretrained(tmp_path)
-    assert ModelArgs(**json.loads((tmp_path / "config.json").read_text())) == model.config
+    assert ModelConfig(**json.loads((tmp_path / "config.json").read_text())) == model.config
 
 
 # --- BN-VAE (Zhu et al. 2020) ---------------------------------------------------------------------

@@ -11,11 +11,11 @@ import torch
 from conftest import SMALL_TEXT, decode_incrementally, write_corpus
 
 from textvae.checkpoint import load_model_dir, load_run, save_model_dir
-from textvae.config import load_recipe
+from textvae.config import ModelConfig, load_recipe
 from textvae.data import TextDataset
 from textvae.latent import encode_texts, interpolate, load
 from textvae.metrics import iw_log_weights
-from textvae.model import ModelArgs, TextVAE
+from textvae.model import TextVAE
 from textvae.modules.critics import build_critic
 from textvae.tokenization import PairedTokenizer, PretrainedTokenizer
 from textvae.train import fit
@@ -31,10 +31,10 @@ def tokenizer(tiny_pretrained) -> PairedTokenizer:
 
 def optimus(tiny_pretrained, tokenizer, seed: int = 0, latent_dim: int = 4) -> TextVAE:
     torch.manual_seed(seed)
-    args = ModelArgs(vocab_size=tokenizer.vocab_size, encoder="pretrained", decoder="pretrained", latent_dim=latent_dim,
-                     encoder_name=str(tiny_pretrained.bert), decoder_name=str(tiny_pretrained.gpt2), pooling="pooler",
-                     pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, unk_id=tokenizer.unk_id,
-                     encoder_init="default")
+    args = ModelConfig(vocab_size=tokenizer.vocab_size, encoder="pretrained", decoder="pretrained", latent_dim=latent_dim,
+                       encoder_name=str(tiny_pretrained.bert), decoder_name=str(tiny_pretrained.gpt2),
+                       pooling="pooler", pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+                       unk_id=tokenizer.unk_id, encoder_init="default")
     model = TextVAE(args).eval()
     if latent_dim:  # a large latent map, so that z visibly matters
         for linear in (model.decoder.latent_memory, model.decoder.latent_embedding):

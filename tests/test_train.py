@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
-from conftest import assert_same_final_weights
+from conftest import DEBUG_DIR, assert_same_final_weights
 
 from textvae.checkpoint import checkpoints, latest_checkpoint, load_run, load_trainer_state
 from textvae.config import TextVAEError, TrainConfig, config_from_dict, load_recipe
@@ -85,7 +87,12 @@ def test_run_directory_layout(runs):
         p.name for p in (run / "model").iterdir()}
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cfg = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
-    assert cfg == load_recipe("debug", FAST + ["train.max_steps=40"])
+    # the resolved recipe, with the sha256 of each data file it read (a self-contained run)
+    recipe = load_recipe("debug", FAST + ["train.max_steps=40"])
+    digests = {name: hashlib.sha256((DEBUG_DIR / name).read_bytes()).hexdigest()
+               for name in ("train.txt", "valid.txt", "test.txt")}
+    assert cfg.data.fingerprints == digests
+    assert cfg == replace(recipe, data=replace(recipe.data, fingerprints=digests))
     loaded_cfg, model, tokenizer = load_run(run)
     assert loaded_cfg == cfg and model.latent_dim == 4 and tokenizer.vocab_size == model.config.vocab_size
     result = json.loads((run / "eval_test.json").read_text())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import shutil
 import sys
 from dataclasses import asdict
@@ -16,18 +17,29 @@ from pathlib import Path
 
 import typer
 
-from .config import TextVAEError, list_recipes, load_recipe, recipe_path
+from .config import list_recipes, load_recipe, recipe_path
+from .errors import TextVAEError
 from .generation import DecodeConfig
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Variational autoencoders of text."
-)
-recipes_app = typer.Typer(no_args_is_help=True, help="List, show and copy the bundled recipes.")
-data_app = typer.Typer(no_args_is_help=True, help="Corpus utilities.")
-methods_app = typer.Typer(no_args_is_help=True, help="Named methods (override sets).")
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help="Variational autoencoders of text.")
+recipes_app = typer.Typer(help="List, show and copy the bundled recipes.")
+data_app = typer.Typer(help="Corpus utilities.")
+methods_app = typer.Typer(help="Named methods (override sets).")
 app.add_typer(recipes_app, name="recipes")
 app.add_typer(data_app, name="data")
 app.add_typer(methods_app, name="methods")
+
+
+def require_command(ctx: typer.Context) -> None:
+    """A group called without its command is a usage error: one line, exit 2 (click's own ``no_args_is_help``
+    prints the help and exits 0 or 2, depending on its version)."""
+    if ctx.invoked_subcommand is None and not ctx.resilient_parsing:
+        names = ", ".join(ctx.command.list_commands(ctx))
+        raise TextVAEError(f"missing command ({names}); see '{ctx.command_path} --help'")
+
+
+for group in (app, recipes_app, data_app, methods_app):
+    group.callback(invoke_without_command=True)(require_command)
 
 TABLE_KEYS = ("nll", "nll_stderr", "ppl", "nll_per_word", "ppl_per_word", "elbo", "rec", "kl", "mi", "mi_ceiling",
               "mi_batch", "au")
@@ -51,11 +63,12 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
 ):
     """Train a model from a recipe, then evaluate the best one on the test split."""
+    from .checkpoint import read_json
     from .train import fit
 
     cfg = load_recipe(recipe, overrides or [])
     run = fit(cfg, output_dir or Path("runs") / cfg.name, resume=resume, overwrite=overwrite)
-    result = json.loads((run / "eval_test.json").read_text())
+    result = read_json(run / "eval_test.json")
     typer.echo(format_result(result, f"test results for {run} (method {cfg.method})"))
 
 
@@ -81,26 +94,36 @@ def eval_cmd(
     split: str = typer.Option("test", "--split", help="test | valid"),
     iw_samples: int = typer.Option(None, "--iw-samples", help="K for the IW-NLL (default: the recipe's)"),
     limit: int = typer.Option(None, "--limit", help="evaluate only the first N sequences"),
+    data_dir: Path = typer.Option(None, "--data-dir", help="the run's data files are now in this folder"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="check the data files' sha256 against the run's"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ):
     """Evaluate a run's best model under the protocol (nll, ppl, elbo, kl, mi, mi_batch, au)."""
+    from .builders import build_datasets, resolve_device
     from .checkpoint import load_run
     from .evaluate import evaluate
-    from .train import build_datasets, resolve_device
 
     if split not in ("test", "valid"):
         raise TextVAEError(f"--split must be test or valid, not '{split}'")
+    if iw_samples is not None and iw_samples < 1:
+        raise TextVAEError("--iw-samples must be >= 1")
+    if limit is not None and limit < 1:
+        raise TextVAEError("--limit must be >= 1")
+    if data_dir is not None and not data_dir.is_dir():
+        raise TextVAEError(f"--data-dir does not exist or is not a folder: {data_dir}")
     device = resolve_device("auto")
     cfg, model, tokenizer = load_run(run_dir, device)
+    if data_dir is not None:
+        cfg.data.dir = str(data_dir.resolve())
+    elif cfg.data.dir is not None and not Path(cfg.data.dir).is_dir():
+        raise TextVAEError(f"{run_dir}: its data folder {cfg.data.dir} is not there; pass --data-dir DIR, the "
+                           f"folder that now holds {cfg.data.train_file}, {cfg.data.valid_file}, {cfg.data.test_file}")
     if iw_samples is not None:
-        if iw_samples < 1:
-            raise TextVAEError("--iw-samples must be >= 1")
         cfg.eval.iw_samples = iw_samples
+    cfg.data.verify = cfg.data.verify and verify
     datasets, _ = build_datasets(cfg, tokenizer)
     dataset = datasets[split]
     if limit is not None:
-        if limit < 1:
-            raise TextVAEError("--limit must be >= 1")
         dataset = dataset.subset(limit)
     result = evaluate(model, dataset, cfg.eval, device, seed=cfg.seed, progress=not as_json).to_dict()
     if as_json:
@@ -114,6 +137,7 @@ def eval_cmd(
 RUN_DIR = typer.Argument(..., help="a run directory written by `textvae train`")
 SEED = typer.Option(0, "--seed", help="seeds z ~ p(z), posterior samples and token sampling")
 AS_JSON = typer.Option(False, "--json", help="print JSON instead of text")
+STRICT = typer.Option(False, "--strict", help="a word outside the run's vocabulary is an error, not a warning")
 
 # name → (type, flag, help); the defaults are DecodeConfig's, except --strategy (per command).
 DECODING_OPTIONS = {
@@ -189,13 +213,14 @@ def reconstruct(
     source: str = typer.Option(..., "--input", "-i", help="sentences, one per line (FILE, or - for stdin)"),
     z: str = typer.Option("mean", "--z", help="mean (posterior mean) | sample (one posterior sample)"),
     seed: int = SEED,
+    strict: bool = STRICT,
     as_json: bool = AS_JSON,
     decoding: DecodeConfig = None,
 ):
     """Encode each input line and decode it again; print the outputs, corpus BLEU and exact-match rate."""
     from .latent import reconstruct as reconstruct_run
 
-    result = reconstruct_run(run_dir, read_input(source), decoding, z, seed)
+    result = reconstruct_run(run_dir, read_input(source), decoding, z, seed, strict=strict)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return
@@ -214,6 +239,7 @@ def interpolate(
     pairs: tuple[Path, Path] | None = typer.Option(None, "--pairs", help="A.txt B.txt: one path per line pair"),
     out: Path = typer.Option(None, "--out", help="with --pairs: write the JSONL here (default: stdout)"),
     seed: int = SEED,
+    strict: bool = STRICT,
     as_json: bool = AS_JSON,
     decoding: DecodeConfig = None,
 ):
@@ -232,7 +258,8 @@ def interpolate(
         firsts, seconds = read_input(pairs[0]), read_input(pairs[1])
         if len(firsts) != len(seconds):
             raise TextVAEError(f"--pairs: {pairs[0]} has {len(firsts)} sentences but {pairs[1]} has {len(seconds)}")
-        results = interpolate_pairs(run_dir, list(zip(firsts, seconds, strict=True)), steps, method, decoding, seed)
+        results = interpolate_pairs(run_dir, list(zip(firsts, seconds, strict=True)), steps, method, decoding, seed,
+                                    strict=strict)
         jsonl = "".join(json.dumps(r.to_dict()) + "\n" for r in results)
         if out is None:
             typer.echo(jsonl, nl=False)
@@ -240,7 +267,7 @@ def interpolate(
             atomic_write_text(out, jsonl)
             typer.echo(f"wrote {len(results)} paths to {out}")
         return
-    result = interpolate_pairs(run_dir, [(a, b)], steps, method, decoding, seed)[0]
+    result = interpolate_pairs(run_dir, [(a, b)], steps, method, decoding, seed, strict=strict)[0]
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return
@@ -258,13 +285,14 @@ def analogy(
     b: str = typer.Argument(..., help="sentence B"),
     c: str = typer.Argument(..., help="sentence C"),
     seed: int = SEED,
+    strict: bool = STRICT,
     as_json: bool = AS_JSON,
     decoding: DecodeConfig = None,
 ):
     """A is to B as C is to ?: decode z(C) + z(B) − z(A) (posterior means)."""
     from .latent import analogy as analogy_run
 
-    text = analogy_run(run_dir, a, b, c, decoding, seed)
+    text = analogy_run(run_dir, a, b, c, decoding, seed, strict=strict)
     typer.echo(json.dumps({"a": a, "b": b, "c": c, "text": text}) if as_json else text)
 
 
@@ -332,19 +360,76 @@ def data_synthetic(
         typer.echo(f"{split}: {path}")
 
 
-def main() -> None:
+class _StderrHandler(logging.StreamHandler):
+    """Log records to whatever ``sys.stderr`` is when they are emitted (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _LineFormatter(logging.Formatter):
+    """``message``, or ``warning: message`` for a warning."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return f"warning: {message}" if record.levelno >= logging.WARNING else message
+
+
+def _log_to_stderr() -> None:
+    """The ``textvae`` logger's lines (epoch summaries, notices) on stderr, terminal or not."""
+    logger = logging.getLogger("textvae")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(_LineFormatter())
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _usage_error_types() -> tuple[type, ...]:
+    """click's exception base classes: the installed click's, and the copy newer typer versions vendor."""
+    found = []
     try:
-        app(standalone_mode=False)
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:
+        pass
+    try:
+        from typer._click import exceptions as vendored  # typer >= 0.2x ships its own click
+    except ImportError:
+        pass
+    else:
+        found.append(vendored.ClickException)
+    return tuple(found)
+
+
+def usage_line(err: Exception) -> str:
+    """One line for a command-line usage error, with a hint to the command's --help."""
+    ctx = getattr(err, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "textvae"
+    message = " ".join(err.format_message().split())
+    return f"error: {message} (see '{path} --help')"
+
+
+def main() -> None:
+    _log_to_stderr()
+    usage_errors = _usage_error_types()
+    try:
+        code = app(standalone_mode=False, prog_name="textvae")
     except TextVAEError as err:
         typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as err:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
+    except usage_errors as err:
+        typer.echo(usage_line(err), err=True)
+        sys.exit(2)
+    if isinstance(code, int) and code:  # click returns the exit code of an Exit (e.g. --help: 0)
+        sys.exit(code)

@@ -16,13 +16,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from .config import DataConfig, TextVAEError
+from .config import DataConfig
+from .errors import TextVAEError
 from .tokenization import TextTokenizer
 
 SPLITS = ("train", "valid", "test")
@@ -104,7 +106,7 @@ def check_fingerprint(path: Path, raw: bytes, expected: str) -> None:
     if actual != digest.lower():
         raise TextVAEError(
             f"fingerprint mismatch for {path}: {algorithm} {actual[:12]}… != expected {digest[:12]}… "
-            "(a different or corrupted copy; pass data.verify=false to use it anyway)"
+            "(a different or corrupted copy; pass data.verify=false, or `textvae eval --no-verify`, to use it anyway)"
         )
 
 
@@ -125,63 +127,103 @@ def read_lines(raw: bytes, name: str | Path) -> list[str]:
     return lines
 
 
-def check_file(path: Path, fmt: str, expected: str | None = None) -> None:
-    """Fail with one line naming ``path`` if it is missing, empty, not UTF-8, malformed or altered."""
+LABEL = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines as the readers see them: universal newlines (\\n, \\r\\n, \\r) only, not str.splitlines()'s
+    other breaks (\\x0b, \\x0c, \\x1c-\\x1e, \\x85, \\u2028, \\u2029), which stay inside a line."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def read_bytes(path: Path, what: str = "data file") -> bytes:
+    """A file's bytes, or one line naming it (missing, a folder, unreadable)."""
     if not path.is_file():
-        raise TextVAEError(f"data file not found: {path}")
-    raw = path.read_bytes()
+        raise TextVAEError(f"{what} not found: {path}")
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise TextVAEError(f"{path}: cannot read ({err.strerror or type(err).__name__})") from None
+
+
+def check_file(path: Path, fmt: str, expected: str | None = None) -> str:
+    """The file's sha256; fails with one line naming ``path`` if it is missing, empty, not UTF-8, malformed
+    or altered."""
+    raw = read_bytes(path)
     if not raw.strip():
         raise TextVAEError(f"data file is empty: {path}")
     if expected is not None:
         check_fingerprint(path, raw, expected)
     text = decode_utf8(raw, path)
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise TextVAEError(f"{path}:{line}: a NUL byte (a binary file, not text)")
     if fmt == "tsv_label":
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(split_lines(text), 1):
             if not line.strip():
                 continue
             label, *rest = line.split("\t")
-            if len(rest) != 1 or not label.strip().lstrip("-").isdigit():
-                raise TextVAEError(f"{path}:{number}: malformed line, expected 'label<TAB>text' with one TAB")
+            if len(rest) != 1 or not LABEL.fullmatch(label):
+                raise TextVAEError(f"{path}:{number}: malformed line, expected 'label<TAB>text' with one TAB "
+                                   "and an integer label")
+    return fingerprint(raw, "sha256")
 
 
-def read_split(path: Path, fmt: str, lowercase: bool = False) -> tuple[list[str], list[int] | None]:
-    """Load one split through ``datasets``; drop blank lines."""
+@dataclass
+class SplitText:
+    """One split as read: its non-blank lines, their class labels (tsv_label), their line numbers, the file."""
+
+    texts: list[str]
+    labels: list[int] | None
+    lines: list[int]  # 1-based line number of each text in ``path``
+    path: Path
+    sha256: str = ""
+
+
+def read_split(path: Path, fmt: str, lowercase: bool = False) -> SplitText:
+    """Load one checked split through ``datasets``; drop blank lines (their numbers are kept in ``lines``)."""
     import datasets  # imported lazily: it is slow to import
 
     datasets.disable_progress_bars()
     load_dataset = datasets.load_dataset
-
-    if fmt == "text":
-        ds = load_dataset("text", data_files=str(path), split="train")
-        texts, labels = ds["text"], None
-    else:
-        ds = load_dataset(
-            "csv",
-            data_files=str(path),
-            split="train",
-            delimiter="\t",
-            column_names=["label", "text"],
-            quoting=csv.QUOTE_NONE,
-            keep_default_na=False,
-            features=datasets.Features({"label": datasets.Value("int64"), "text": datasets.Value("string")}),
-        )
-        texts, labels = ds["text"], ds["label"]
+    try:
+        if fmt == "text":
+            ds = load_dataset("text", data_files=str(path), split="train")
+            texts, labels = ds["text"], None
+        else:
+            ds = load_dataset(
+                "csv",
+                data_files=str(path),
+                split="train",
+                delimiter="\t",
+                column_names=["label", "text"],
+                quoting=csv.QUOTE_NONE,
+                keep_default_na=False,
+                features=datasets.Features({"label": datasets.Value("int64"), "text": datasets.Value("string")}),
+            )
+            texts, labels = ds["text"], ds["label"]
+    except Exception as err:  # a case the checks above missed: still one line naming the file
+        cause = err.__cause__ or err
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
+        raise TextVAEError(f"{path}: cannot be read as {fmt} ({reason})") from None
     keep = [i for i, t in enumerate(texts) if t.strip()]
-    texts = [texts[i].lower() if lowercase else texts[i] for i in keep]
-    labels = None if labels is None else [int(labels[i]) for i in keep]
-    return texts, labels
+    return SplitText([texts[i].lower() if lowercase else texts[i] for i in keep],
+                     None if labels is None else [int(labels[i]) for i in keep], [i + 1 for i in keep], path)
 
 
-def load_texts(cfg: DataConfig) -> dict[str, tuple[list[str], list[int] | None]]:
-    """Check and read train/valid/test. Returns ``{split: (texts, labels or None)}``."""
+def load_texts(cfg: DataConfig) -> dict[str, SplitText]:
+    """Check and read train/valid/test."""
     return {split: load_split(cfg, split) for split in SPLITS}
 
 
-def load_split(cfg: DataConfig, split: str) -> tuple[list[str], list[int] | None]:
-    """Check and read one split: ``(texts, labels or None)``."""
+def load_split(cfg: DataConfig, split: str) -> SplitText:
+    """Check and read one split (with its sha256)."""
     path = data_paths(cfg)[split]
-    check_file(path, cfg.format, cfg.fingerprints.get(path.name) if cfg.verify else None)
-    return read_split(path, cfg.format, cfg.lowercase)
+    digest = check_file(path, cfg.format, cfg.fingerprints.get(path.name) if cfg.verify else None)
+    read = read_split(path, cfg.format, cfg.lowercase)
+    read.sha256 = digest
+    return read
 
 
 class TextDataset:
@@ -200,6 +242,7 @@ class TextDataset:
         self.special_ids = special_ids
         self.encoder_ids = encoder_ids
         self.encoder_special_ids = encoder_special_ids
+        self.source: SplitText | None = None  # the file it was read from, when it was (builders.build_datasets)
 
     @classmethod
     def from_texts(
@@ -212,12 +255,26 @@ class TextDataset:
         """Tokenize ``texts``; ``max_length`` truncates each tokenization (the encoder's too) to that many tokens."""
         enc_tok = tokenizer.encoder_tokenizer
         ids, enc_ids = tokenizer.encode_batch(texts), None if enc_tok is None else enc_tok.encode_batch(texts)
-        if max_length is not None:
-            ids = [seq[:max_length] for seq in ids]
-            enc_ids = None if enc_ids is None else [seq[:max_length] for seq in enc_ids]
         framing = (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)
         enc_framing = None if enc_tok is None else (enc_tok.pad_id, enc_tok.bos_id, enc_tok.eos_id)
-        return cls(ids, labels, texts, framing, enc_ids, enc_framing)
+        dataset = cls(ids, labels, texts, framing, enc_ids, enc_framing)
+        return dataset if max_length is None else dataset.truncated(max_length)
+
+    def length_of(self, i: int) -> int:
+        """Tokens of sequence ``i`` without ``<s>``/``</s>`` (the longer of the two tokenizations)."""
+        return max(len(self.ids[i]), 0 if self.encoder_ids is None else len(self.encoder_ids[i]))
+
+    def longer_than(self, max_length: int) -> list[int]:
+        """Indices of the sequences with more than ``max_length`` tokens."""
+        return [i for i in range(len(self.ids)) if self.length_of(i) > max_length]
+
+    def truncated(self, max_length: int) -> TextDataset:
+        """Every tokenization (the encoder's too) cut to its first ``max_length`` tokens."""
+        def cut(seqs):
+            return None if seqs is None else [seq[:max_length] for seq in seqs]
+
+        return TextDataset(cut(self.ids), self.labels, self.texts, self.special_ids, cut(self.encoder_ids),
+                           self.encoder_special_ids)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import TextVAEError
+from .errors import TextVAEError
 
 STRATEGIES = ("greedy", "sample", "top-k", "top-p", "beam")
 METHODS = ("linear", "slerp")

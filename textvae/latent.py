@@ -8,15 +8,18 @@ with :mod:`textvae.scoring`. The CLI commands of the same names are thin layers 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from .config import TextVAEError
 from .data import TextDataset
+from .errors import TextVAEError
 from .generation import DecodeConfig, check_path, eval_mode, generate, interpolation_path, num_latents
 from .scoring import corpus_bleu, distinct_n, exact_match, path_metrics, self_bleu
+
+log = logging.getLogger("textvae")
 
 
 @dataclass
@@ -36,8 +39,8 @@ def load(run, tokenizer=None, device: str | torch.device | None = None) -> Loade
     if isinstance(run, Loaded):
         return run
     if isinstance(run, (str, Path)):
+        from .builders import resolve_device
         from .checkpoint import load_run
-        from .train import resolve_device
 
         device = resolve_device("auto") if device is None else torch.device(device)
         cfg, model, tok = load_run(Path(run), device)
@@ -56,12 +59,34 @@ def _seeded(lm: Loaded, seed: int) -> torch.Generator:
     return torch.Generator(device=lm.device).manual_seed(seed)
 
 
+def check_sentences(lm: Loaded, texts: list[str], names: list[str] | None = None, strict: bool = False) -> None:
+    """Refuse empty or over-long sentences; report words the run's tokenizer does not know (an error with
+    ``strict``). ``names`` label the sentences in messages (default: "sentence 1", ...)."""
+    names = names or [f"sentence {i + 1}" for i in range(len(texts))]
+    prepared = [t.lower() if lm.lowercase else t for t in texts]
+    tok = lm.tokenizer
+    ids = tok.encode_batch(prepared)
+    max_length = lm.cfg.data.max_length if lm.cfg is not None else None
+    for name, text, seq in zip(names, prepared, ids, strict=True):
+        if not text.strip() or not seq:
+            raise TextVAEError(f"{name} is empty")
+        if max_length is not None and len(seq) > max_length:
+            raise TextVAEError(f"{name} has {len(seq)} tokens, more than the run's data.max_length = {max_length}")
+    unknown = tok.unknown_words(prepared)
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
+        message = f"{lm.name}: {len(unknown)} word(s) not in the vocabulary, read as {tok.unk_token}: {shown}"
+        if strict:
+            raise TextVAEError(message + " (--strict)")
+        log.warning(message)
+
+
 @torch.no_grad()
 def encode_texts(lm: Loaded, texts: list[str], z: str = "mean", generator=None, batch_size: int = 64):
     """Posterior means (or one posterior sample each) of sentences, in order.
 
-    Sentences go through the run's tokenizer (unknown words become ``<unk>``).
-    Shape: N texts → (N, D).
+    Sentences go through the run's tokenizer (unknown words become ``<unk>``;
+    :func:`check_sentences` reports them). Shape: N texts → (N, D).
     """
     if z not in ("mean", "sample"):
         raise TextVAEError(f"--z must be mean or sample, not '{z}'")
@@ -138,14 +163,18 @@ def references_of(lm: Loaded, texts: list[str]) -> list[str]:
 
 
 def reconstruct(run, texts: list[str], decoding: DecodeConfig | None = None, z: str = "mean", seed: int = 0,
-                tokenizer=None, device=None) -> ReconstructResult:
-    """Encode each sentence (posterior mean, or a sample with ``z="sample"``) and decode it again."""
+                tokenizer=None, device=None, strict: bool = False) -> ReconstructResult:
+    """Encode each sentence (posterior mean, or a sample with ``z="sample"``) and decode it again.
+
+    Unknown words are reported (an error with ``strict``); an empty sentence is an error.
+    """
     if z not in ("mean", "sample"):
         raise TextVAEError(f"--z must be mean or sample, not '{z}'")
     if not texts:
         raise TextVAEError("reconstruct: no sentences")
     lm = load(run, tokenizer, device)
     _need_latent(lm, "reconstruct through")
+    check_sentences(lm, texts, strict=strict)
     gen = _seeded(lm, seed)
     outputs = decode_texts(lm, encode_texts(lm, texts, z, gen), decoding, gen)
     refs = references_of(lm, texts)
@@ -165,16 +194,22 @@ class InterpolationResult:
 
 def interpolate_pairs(run, pairs: list[tuple[str, str]], steps: int = 8, method: str = "linear",
                       decoding: DecodeConfig | None = None, seed: int = 0, tokenizer=None,
-                      device=None) -> list[InterpolationResult]:
-    """:func:`interpolate` for many (A, B) pairs, encoded and decoded in batches."""
+                      device=None, strict: bool = False) -> list[InterpolationResult]:
+    """:func:`interpolate` for many (A, B) pairs, encoded and decoded in batches.
+
+    Unknown words are reported (an error with ``strict``); an empty sentence is an error.
+    """
     check_path(steps, method)
     decoding = (decoding or DecodeConfig()).validate()
     if not pairs:
         raise TextVAEError("interpolate: no sentence pairs")
     lm = load(run, tokenizer, device)
     _need_latent(lm, "interpolate in")
-    gen = _seeded(lm, seed)
     p = len(pairs)
+    single = ["sentence A", "sentence B"] if p == 1 else None
+    check_sentences(lm, [a for a, _ in pairs] + [b for _, b in pairs], single or
+                    [f"pair {i % p + 1} sentence {'AB'[i // p]}" for i in range(2 * p)], strict)
+    gen = _seeded(lm, seed)
     ends = encode_texts(lm, [a for a, _ in pairs] + [b for _, b in pairs])  # (2P, D)
     z_a, z_b = ends[:p], ends[p:]
     points = interpolation_path(z_a, z_b, steps, method).reshape(p * steps, -1)  # (P·S, D)
@@ -192,15 +227,16 @@ def interpolate_pairs(run, pairs: list[tuple[str, str]], steps: int = 8, method:
 
 
 def interpolate(run, a: str, b: str, steps: int = 8, method: str = "linear", decoding: DecodeConfig | None = None,
-                seed: int = 0, tokenizer=None, device=None) -> InterpolationResult:
+                seed: int = 0, tokenizer=None, device=None, strict: bool = False) -> InterpolationResult:
     """Decode ``steps`` points on the path between the posterior means of sentences ``a`` and ``b``."""
-    return interpolate_pairs(run, [(a, b)], steps, method, decoding, seed, tokenizer, device)[0]
+    return interpolate_pairs(run, [(a, b)], steps, method, decoding, seed, tokenizer, device, strict)[0]
 
 
 def analogy(run, a: str, b: str, c: str, decoding: DecodeConfig | None = None, seed: int = 0, tokenizer=None,
-            device=None) -> str:
+            device=None, strict: bool = False) -> str:
     """"A is to B as C is to ?": decode z(C) + z(B) − z(A), with posterior means."""
     lm = load(run, tokenizer, device)
     _need_latent(lm, "do analogies in")
+    check_sentences(lm, [a, b, c], ["sentence A", "sentence B", "sentence C"], strict)
     z_a, z_b, z_c = encode_texts(lm, [a, b, c])
     return decode_texts(lm, (z_c + z_b - z_a)[None], decoding, _seeded(lm, seed))[0]

@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import TextVAEError
+from .errors import TextVAEError
 
 
 @dataclass(frozen=True)

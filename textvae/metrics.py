@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.distributions import Independent, Normal
+from torch.distributions import Independent
 
-from .modules.posterior import pairwise_log_prob
+from .modules.posterior import diagonal_gaussian, pairwise_log_prob
 
 
 @torch.no_grad()
@@ -45,7 +45,7 @@ def iw_nll_from_log_weights(log_w: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_posterior(loc: torch.Tensor, scale: torch.Tensor) -> Independent:
-    return Independent(Normal(loc, scale), 1)
+    return diagonal_gaussian(loc, scale)
 
 
 @torch.no_grad()

@@ -2,13 +2,13 @@
 
 One readable model file. ``latent_dim == 0`` gives the language-model baseline
 (no encoder, no latent, KL = 0). ``save_pretrained`` / ``from_pretrained`` write
-and read ``model.safetensors`` + ``config.json`` (the resolved :class:`ModelArgs`).
+and read ``model.safetensors`` + ``config.json`` (its :class:`~textvae.config.ModelConfig`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -17,105 +17,17 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.distributions import Independent, kl_divergence
 
-from .config import ModelConfig, TextVAEError
+from .config import ModelConfig, check_model
+from .errors import TextVAEError, reading
 from .modules.decoders import DECODERS
 from .modules.encoders import ENCODERS
 from .modules.posterior import GaussianPosterior, standard_normal
 
 
-@dataclass
-class ModelArgs:
-    """Fully resolved architecture (saved as the model's config.json).
-
-    Every field has a default, so a config.json written before a field existed still loads.
-    Transformers use ``enc_hidden_dim`` / ``dec_hidden_dim`` as their width (their word
-    embeddings have that size; ``embed_dim`` is the LSTMs').
-    """
-
-    vocab_size: int  # the decoder's vocabulary (and the encoder's, unless it is pretrained)
-    encoder: str = "lstm"
-    decoder: str = "lstm"
-    embed_dim: int = 256
-    enc_hidden_dim: int = 256
-    dec_hidden_dim: int = 256
-    latent_dim: int = 32
-    dec_dropout_in: float = 0.5
-    dec_dropout_out: float = 0.5
-    init_range: float = 0.01
-    emb_init_range: float = 0.1
-    encoder_init: str = "uniform"
-    bn_gamma: float = 0.0  # BN-VAE's fixed scale on batch-normalised μ (0 = no BN)
-    word_dropout: float = 0.0  # probability of replacing a decoder input word by <unk> in training
-    pad_id: int = 0
-    bos_id: int = 1
-    eos_id: int = 2
-    unk_id: int = 3
-    # Transformers (encoder/decoder "transformer")
-    enc_layers: int = 2
-    dec_layers: int = 2
-    num_heads: int = 4
-    ffn_dim: int = 0  # feed-forward width (0: 4 × the model width)
-    dropout: float = 0.1  # attention weights and residual branches
-    positions: str = "learned"  # learned | sinusoidal
-    max_positions: int = 512  # learned positions: the longest sequence in tokens, <s> and </s> included
-    pooling: str = "mean"  # encoder output: mean | first (<s> / [CLS]) | pooler (pretrained only)
-    latent_injection: str = "memory"  # transformer decoder: prefix | embedding | memory
-    # Pretrained models ("pretrained"): hub id or local path; their configs once loaded (rebuild offline)
-    encoder_name: str | None = None
-    decoder_name: str | None = None
-    encoder_hf_config: dict | None = None
-    decoder_hf_config: dict | None = None
-
-
-# Named architecture presets (fairseq-style); recipe fields override them.
-PRESETS: dict[str, dict] = {
-    # He et al. 2019 Yahoo/Yelp: embedding 512, LSTMs 1024, z 32.
-    "lstm-he2019": dict(embed_dim=512, enc_hidden_dim=1024, dec_hidden_dim=1024, latent_dim=32),
-    # PTB: 256/256, z 32.
-    "lstm-ptb": dict(embed_dim=256, enc_hidden_dim=256, dec_hidden_dim=256, latent_dim=32),
-    # He et al. synthetic: 50-d LSTMs, z 2.
-    "lstm-synthetic": dict(embed_dim=50, enc_hidden_dim=50, dec_hidden_dim=50, latent_dim=2),
-    # Tests and the debug recipe.
-    "lstm-tiny": dict(embed_dim=16, enc_hidden_dim=16, dec_hidden_dim=16, latent_dim=4),
-    # Pre-LN Transformers, z as Optimus-style memory. Small: 2 + 2 blocks of width 256, trains on a
-    # 2-core CPU (PTB); base: Transformer-base width and depth, a GPU model.
-    "transformer-small": dict(encoder="transformer", decoder="transformer", enc_hidden_dim=256, dec_hidden_dim=256,
-                              enc_layers=2, dec_layers=2, num_heads=4, ffn_dim=1024, latent_dim=32,
-                              latent_injection="memory", dropout=0.1, max_positions=512),
-    "transformer-base": dict(encoder="transformer", decoder="transformer", enc_hidden_dim=512, dec_hidden_dim=512,
-                             enc_layers=6, dec_layers=6, num_heads=8, ffn_dim=2048, latent_dim=32,
-                             latent_injection="memory", dropout=0.1, max_positions=1024),
-    # Tests and smoke runs on the debug recipe.
-    "transformer-tiny": dict(encoder="transformer", decoder="transformer", enc_hidden_dim=16, dec_hidden_dim=16,
-                             enc_layers=1, dec_layers=1, num_heads=2, ffn_dim=32, latent_dim=4,
-                             latent_injection="memory", dropout=0.0),
-    # Optimus (Li et al. 2020): BERT-base (cased) → GPT-2 small, BERT's pooled [CLS] → z 32.
-    "optimus": dict(encoder="pretrained", decoder="pretrained", encoder_name="bert-base-cased",
-                    decoder_name="gpt2", pooling="pooler", latent_dim=32),
-}
-
-
-def resolved_fields(cfg: ModelConfig) -> dict:
-    """The preset's values, then every field the recipe sets explicitly (non-None); checks the module names."""
-    values: dict = {}
-    if cfg.preset is not None:
-        if cfg.preset not in PRESETS:
-            raise TextVAEError(f"unknown model.preset '{cfg.preset}' (choose from {', '.join(PRESETS)})")
-        values.update(PRESETS[cfg.preset])
-    names = {f.name for f in fields(ModelArgs)}
-    values.update({k: v for k, v in asdict(cfg).items() if k in names and v is not None})
-    for key, registry in (("encoder", ENCODERS), ("decoder", DECODERS)):
-        if values.get(key, "lstm") not in registry:
-            raise TextVAEError(f"unknown model.{key} '{values[key]}' (choose from {', '.join(registry)})")
-        if values.get(key) == "pretrained" and not values.get(f"{key}_name"):
-            raise TextVAEError(f"model.{key}=pretrained needs model.{key}_name (a hub id such as "
-                               f"'{'bert-base-cased' if key == 'encoder' else 'gpt2'}' or a local path)")
-    return values
-
-
-def resolve_model_args(cfg: ModelConfig, vocab_size: int, pad_id: int = 0, **special_ids: int) -> ModelArgs:
-    """:func:`resolved_fields` with the tokenizer's vocabulary size and special ids (``bos_id``, ``eos_id``, ``unk_id``)."""
-    return ModelArgs(vocab_size=vocab_size, pad_id=pad_id, **special_ids, **resolved_fields(cfg))
+def with_tokenizer(config: ModelConfig, tokenizer) -> ModelConfig:
+    """``config`` with the tokenizer's vocabulary size and special ids filled in (the derived fields)."""
+    return replace(config, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id,
+                   eos_id=tokenizer.eos_id, unk_id=tokenizer.unk_id)
 
 
 @dataclass
@@ -133,9 +45,11 @@ class VAEOutput:
 
 
 class TextVAE(nn.Module):
-    def __init__(self, config: ModelArgs):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        c = config
+        c = check_model(config)
+        if c.vocab_size < 1:
+            raise TextVAEError("model.vocab_size must be >= 1 (fill it from the tokenizer: model.with_tokenizer)")
         if c.latent_dim > 0:
             self.encoder = ENCODERS[c.encoder].from_args(c)
             self.posterior = GaussianPosterior(self.encoder.output_dim, c.latent_dim, c.bn_gamma)
@@ -187,9 +101,19 @@ class TextVAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> TextVAE:
+        """The model saved in ``directory``; a missing or damaged file is a TextVAEError naming it."""
         directory = Path(directory)
-        model = cls(ModelArgs(**json.loads((directory / "config.json").read_text())))
-        load_model(model, str(directory / "model.safetensors"), device=str(device))
+        config_path, weights = directory / "config.json", directory / "model.safetensors"
+        for path in (config_path, weights):
+            if not path.is_file():
+                raise TextVAEError(f"{path}: missing (not a textvae model directory?)")
+        with reading(config_path):
+            saved = json.loads(config_path.read_text())
+            if not isinstance(saved, dict):
+                raise TextVAEError(f"a JSON object of model settings was expected, not {type(saved).__name__}")
+            model = cls(ModelConfig(**saved))
+        with reading(weights):
+            load_model(model, str(weights), device=str(device))
         return model.to(device)
 
     @property

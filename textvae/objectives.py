@@ -49,6 +49,21 @@ def cyclical_weight(step: int, total_steps: float, n_cycles: int, ratio_increase
     return min(1.0, (i - math.ceil(period * ratio_zero)) / (period * ratio_increase))
 
 
+def linear_anneal(t: int, steps_per_epoch: int, cfg: TrainConfig, total_steps: float) -> float:
+    """He et al. (2019)'s linear warm-up: min(1, kl_start + t / (kl_warmup_epochs · steps_per_epoch))."""
+    warmup_steps = cfg.kl_warmup_epochs * steps_per_epoch
+    return 1.0 if cfg.kl_start >= 1.0 or warmup_steps <= 0 else min(1.0, cfg.kl_start + t / warmup_steps)
+
+
+def cyclical_anneal(t: int, steps_per_epoch: int, cfg: TrainConfig, total_steps: float) -> float:
+    """:func:`cyclical_weight` over the ``total_steps`` of the schedule."""
+    return cyclical_weight(t, total_steps, cfg.kl_n_cycles, cfg.kl_ratio_increase, cfg.kl_ratio_zero)
+
+
+# train.kl_schedule → annealing factor at step t of the schedule (config.KL_SCHEDULES are its keys)
+KL_SCHEDULES = {"linear": linear_anneal, "cyclical": cyclical_anneal}
+
+
 def kl_weight(step: int, steps_per_epoch: int, cfg: TrainConfig, start_step: int = 0) -> float:
     """β · the annealing factor at ``step`` of a schedule that began at ``start_step``.
 
@@ -59,19 +74,14 @@ def kl_weight(step: int, steps_per_epoch: int, cfg: TrainConfig, start_step: int
     steps from ``start_step`` to the end of the run. β is a constant multiplier (β-VAE).
     ``start_step`` > 0 restarts the schedule, e.g. for the VAE stage after AE pretraining.
     """
-    t = step - start_step
-    if cfg.kl_schedule == "cyclical":
-        total = total_train_steps(steps_per_epoch, cfg) - start_step
-        return cfg.beta * cyclical_weight(t, total, cfg.kl_n_cycles, cfg.kl_ratio_increase, cfg.kl_ratio_zero)
-    warmup_steps = cfg.kl_warmup_epochs * steps_per_epoch
-    anneal = 1.0 if cfg.kl_start >= 1.0 or warmup_steps <= 0 else min(1.0, cfg.kl_start + t / warmup_steps)
-    return cfg.beta * anneal
+    total = total_train_steps(steps_per_epoch, cfg) - start_step
+    return cfg.beta * KL_SCHEDULES[cfg.kl_schedule](step - start_step, steps_per_epoch, cfg, total)
 
 
 def kl_per_dimension(posterior: Independent) -> torch.Tensor:
     """Analytic KL(q(z_d|x) ‖ N(0, 1)) of each dimension. Shape: batch shape (B,) → (B, D)."""
     base = posterior.base_dist
-    return kl_divergence(base, Normal(torch.zeros_like(base.loc), torch.ones_like(base.scale)))
+    return kl_divergence(base, Normal(torch.zeros_like(base.loc), torch.ones_like(base.scale), validate_args=False))
 
 
 def free_bits_kl(posterior: Independent, free_bits: float, mode: str) -> torch.Tensor:
@@ -93,15 +103,25 @@ def free_bits_kl(posterior: Independent, free_bits: float, mode: str) -> torch.T
     Shape: posterior batch shape (B,) → (B,) (``batch_dim``: the same value repeated,
     so that its batch mean is the clamped sum).
     """
-    kl = kl_per_dimension(posterior)  # (B, D)
-    if mode == "batch_dim":
-        return kl.mean(0).clamp(min=free_bits).sum().expand(kl.size(0))
-    if mode == "example_dim":
-        return (kl * (kl > free_bits)).sum(-1)
-    if mode == "example_total":
-        total = kl.sum(-1)  # (B,)
-        return total * (total > free_bits * kl.size(-1))
-    raise ValueError(f"unknown free_bits_mode '{mode}'")
+    return FREE_BITS[mode](kl_per_dimension(posterior), free_bits)
+
+
+def _free_bits_batch_dim(kl: torch.Tensor, free_bits: float) -> torch.Tensor:
+    return kl.mean(0).clamp(min=free_bits).sum().expand(kl.size(0))
+
+
+def _free_bits_example_dim(kl: torch.Tensor, free_bits: float) -> torch.Tensor:
+    return (kl * (kl > free_bits)).sum(-1)
+
+
+def _free_bits_example_total(kl: torch.Tensor, free_bits: float) -> torch.Tensor:
+    total = kl.sum(-1)  # (B,)
+    return total * (total > free_bits * kl.size(-1))
+
+
+# train.free_bits_mode → the KL term from per-dimension KLs (B, D) (config.FREE_BITS_MODES are its keys)
+FREE_BITS = {"batch_dim": _free_bits_batch_dim, "example_dim": _free_bits_example_dim,
+             "example_total": _free_bits_example_total}
 
 
 def negative_elbo(out: VAEOutput, weight: float = 1.0, free_bits: float = 0.0,

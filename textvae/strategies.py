@@ -61,7 +61,10 @@ def aggressive_encoder_updates(step: Callable[..., dict], batch, draw_batch: Cal
     for n in range(1, cfg.aggressive_max_encoder_steps + 1):
         if n > 1:
             batch = draw_batch()
-        loss_sum += step(batch, update="encoder")["loss"]
+        sums = step(batch, update="encoder")
+        if sums.get("bad_steps"):  # skipped (non-finite): nothing was learnt, nothing to compare
+            continue
+        loss_sum += sums["loss"]
         tokens += batch.num_predicted_tokens
         if n % cfg.aggressive_check_every_steps == 0:
             current = loss_sum / tokens

@@ -13,8 +13,9 @@ import math
 import statistics
 from pathlib import Path
 
-from .checkpoint import atomic_write_text, latest_checkpoint
-from .config import TextVAEError, load_recipe
+from .checkpoint import atomic_write_text, latest_checkpoint, read_json
+from .config import load_recipe
+from .errors import TextVAEError
 from .methods import method_overrides
 from .tracking import read_metrics
 
@@ -44,7 +45,7 @@ def run_study(
                 cfg = load_recipe(recipe, [*overrides, f"method={method}", f"seed={seed}"])
                 resume = run.is_dir() and latest_checkpoint(run) is not None
                 fit(cfg, run, resume=resume, overwrite=not resume, progress=progress)
-            result = json.loads((run / "eval_test.json").read_text())
+            result = read_json(run / "eval_test.json")
             valid = [r for r in read_metrics(run / "metrics.jsonl") if r["split"] == "valid"]
             result["seconds_per_epoch"] = seconds_per_epoch(valid)
             result["curve"] = [{k: r.get(k) for k in ("epoch", "kl", "mi", "au")} for r in valid]

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .config import TextVAEError, TokenizerConfig
+from .config import TokenizerConfig
+from .errors import TextVAEError, reading
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
@@ -35,8 +36,15 @@ class TextTokenizer:
     subword = False  # subword models also report nats per whitespace word
     encoder_tokenizer: TextTokenizer | None = None  # the encoder's own, when it differs (PairedTokenizer)
 
+    unk_token = "<unk>"  # the unknown symbol as text: a corpus word for PTB, so not itself "unknown"
+
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
+
+    def unknown_words(self, texts: list[str]) -> list[str]:
+        """The distinct whitespace words of ``texts`` that this tokenizer reads as its unknown symbol."""
+        words = [w for w in dict.fromkeys(w for t in texts for w in t.split()) if w != self.unk_token]
+        return [w for w, ids in zip(words, self.encode_batch(words), strict=True) if self.unk_id in ids]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         raise NotImplementedError
@@ -209,6 +217,7 @@ class PretrainedTokenizer(TextTokenizer):
         self.bos_id = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
         self.eos_id = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
         self.unk_id = tok.unk_token_id if tok.unk_token_id is not None else self.eos_id
+        self.unk_token = tok.unk_token
         if self.bos_id is None or self.eos_id is None:
             raise TextVAEError(f"pretrained tokenizer '{tok.name_or_path}' has no start/end symbols "
                                "(bos/eos or cls/sep tokens)")
@@ -254,6 +263,11 @@ class PairedTokenizer(TextTokenizer):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.decoder.encode_batch(texts)
 
+    def unknown_words(self, texts: list[str]) -> list[str]:
+        """Words unknown to the decoder's tokenizer or to the encoder's."""
+        found = self.decoder.unknown_words(texts) + self.encoder_tokenizer.unknown_words(texts)
+        return list(dict.fromkeys(found))
+
     def _decode(self, ids: list[int]) -> str:
         return self.decoder._decode(ids)
 
@@ -269,26 +283,53 @@ class PairedTokenizer(TextTokenizer):
         self.save_kind(directory)
 
 
+# tokenizer.type → how to fit it on the training texts; "pretrained" comes with its decoder (builders.py)
+TOKENIZERS = {"word": HFTokenizer.train, "bpe": HFTokenizer.train, "unigram": HFTokenizer.train,
+              "sentencepiece": SentencePieceTokenizer.train}
+
+
 def train_tokenizer(texts: list[str], cfg: TokenizerConfig) -> TextTokenizer:
     """Fit the tokenizer named by ``cfg.type`` on the training texts."""
-    if cfg.type == "sentencepiece":
-        return SentencePieceTokenizer.train(texts, cfg)
-    return HFTokenizer.train(texts, cfg)
+    return TOKENIZERS[cfg.type](texts, cfg)
 
 
 def load_tokenizer(directory: str | Path) -> TextTokenizer:
+    """The tokenizer saved in ``directory``; a missing or damaged file is one TextVAEError naming it."""
     directory = Path(directory)
     meta_path = directory / "tokenizer_config.json"
     if not meta_path.is_file():
         raise TextVAEError(f"{directory}: no tokenizer_config.json (not a textvae model directory?)")
-    kind = json.loads(meta_path.read_text())["type"]
-    if kind == "pretrained":
-        from transformers import AutoTokenizer
+    with reading(meta_path):
+        kind = json.loads(meta_path.read_text())["type"]
+        if kind not in LOADERS:
+            raise TextVAEError(f"unknown tokenizer type {kind!r}")
+    return LOADERS[kind](directory)
 
+
+def _load_pretrained(directory: Path) -> TextTokenizer:
+    from transformers import AutoTokenizer
+
+    with reading(directory / PretrainedTokenizer.folder):
         return PretrainedTokenizer(AutoTokenizer.from_pretrained(str(directory / PretrainedTokenizer.folder)))
-    if kind == "paired":
-        return PairedTokenizer(load_tokenizer(directory / "decoder_tokenizer"),
-                               load_tokenizer(directory / "encoder_tokenizer"))
-    if kind == "sentencepiece":
+
+
+def _load_paired(directory: Path) -> TextTokenizer:
+    return PairedTokenizer(load_tokenizer(directory / "decoder_tokenizer"), load_tokenizer(directory / "encoder_tokenizer"))
+
+
+def _load_sentencepiece(directory: Path) -> TextTokenizer:
+    with reading(directory / "spm.model"):
         return SentencePieceTokenizer((directory / "spm.model").read_bytes())
-    return HFTokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")), kind)
+
+
+def _load_hf(directory: Path) -> TextTokenizer:
+    path = directory / "tokenizer.json"
+    with reading(path):
+        tok = Tokenizer.from_file(str(path))
+        kind = json.loads((directory / "tokenizer_config.json").read_text())["type"]
+        return HFTokenizer(tok, kind)
+
+
+# tokenizer_config.json's "type" → how to read the folder (the types a run can save)
+LOADERS = {"word": _load_hf, "bpe": _load_hf, "unigram": _load_hf, "sentencepiece": _load_sentencepiece,
+           "pretrained": _load_pretrained, "paired": _load_paired}

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_bytes
-from .config import TextVAEError
+from .checkpoint import atomic_write_bytes, atomic_write_text
+from .errors import TextVAEError, reading
 
 
 class MetricsWriter:
@@ -28,15 +28,36 @@ class MetricsWriter:
             fh.write(json.dumps(clean) + "\n")
 
     def truncate_after(self, step: int) -> None:
-        """Drop records logged after ``step`` (a resumed run repeats those steps)."""
+        """Drop records logged after ``step`` (a resumed run repeats those steps), atomically.
+
+        A last line cut short by a kill mid-write is dropped too; a damaged line anywhere else is an error.
+        """
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        records = read_metrics(self.path, allow_partial_last=True)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records if r.get("step", 0) <= step))
 
 
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+def read_metrics(path: Path, allow_partial_last: bool = False) -> list[dict]:
+    """The records of a metrics.jsonl; a line that is not a JSON object is an error naming file and line."""
+    path = Path(path)
+    with reading(path):
+        raw = path.read_bytes().decode("utf-8")
+    lines = raw.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+            if allow_partial_last and number == len(lines):  # no newline after it: a write cut short
+                break
+            raise TextVAEError(f"{path}:{number}: damaged (not a JSON metrics record)")
+        records.append(record)
+    return records
 
 
 def _pyplot():
@@ -152,8 +173,8 @@ def plot_run(run, out_dir: str | Path | None = None, limit: int | None = None, d
     out.mkdir(parents=True, exist_ok=True)
     written = {"curves": plot_training_curves(metrics, out / "curves.png")}
     if lm.model.latent_dim > 0:
-        texts, labels = load_split(lm.cfg.data, "valid")
-        texts, labels = texts[:limit], None if labels is None else labels[:limit]
+        read = load_split(lm.cfg.data, "valid")
+        texts, labels = read.texts[:limit], None if read.labels is None else read.labels[:limit]
         points, explained = pca_2d(encode_texts(lm, texts).cpu())
         title = (f"{lm.cfg.name}, method {lm.cfg.method}, seed {lm.cfg.seed}: "
                  f"posterior means of {len(texts)} validation sentences\n"

@@ -1,39 +1,52 @@
-"""fit(recipe) → run directory: data, tokenizer, model, the training loop, checkpoints, final evaluation.
+"""fit(recipe) → run directory: the training loop, checkpoints, final evaluation.
 
 No Trainer class: ``fit`` plus small helpers. The loop follows He et al. (2019):
 SGD (or Adam) with gradient clipping, validation each epoch, the best model kept
 by validation loss (−ELBO), and the learning rate halved — reloading the best
 model — after ``lr_decay_patience_epochs`` epochs without improvement, at most
 ``max_lr_decays`` times.
+
+Faults: every input is checked before the run directory is touched; a step with a
+non-finite loss or gradient is skipped and counted (``train.max_bad_steps`` stops the
+run); Ctrl-C writes a checkpoint and stops; ``train.checkpoint_every_steps`` adds
+mid-epoch checkpoints, and a resume from any checkpoint continues the run exactly
+(weights and metrics). One summary line per epoch goes to the ``textvae`` logger.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import random
+import signal
+import threading
 import time
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .builders import build_datasets, build_model, resolve_device
 from .checkpoint import (
     MODEL_DIR,
     atomic_write_text,
+    check_output_dir,
+    claim_run_dir,
     latest_checkpoint,
     load_model_dir,
-    load_trainer_state,
-    prepare_run_dir,
+    resume_point,
     save_checkpoint,
     save_config,
     save_model_dir,
 )
-from .config import Config, TextVAEError, TrainConfig
-from .data import TextDataset, load_texts
+from .config import Config, TrainConfig
+from .data import TextDataset
+from .errors import TextVAEError, TrainingInterrupted
 from .evaluate import EvalResult, evaluate
-from .model import ModelArgs, TextVAE, resolve_model_args, resolved_fields
 from .modules.critics import build_critic
 from .objectives import critic_term, critic_weight, negative_elbo
 from .strategies import (
@@ -45,14 +58,10 @@ from .strategies import (
     initial_state,
     stage_kl_weight,
 )
-from .tokenization import PairedTokenizer, PretrainedTokenizer, TextTokenizer, load_tokenizer, train_tokenizer
 from .tracking import MetricsWriter, plot_training_curves
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+log = logging.getLogger("textvae")
+SUM_KEYS = ("loss", "rec", "kl", "critic_loss", "critic_acc", "critic_mi_bound", "n", "encoder_steps", "steps")
 
 
 def critic_own_parameters(critic: torch.nn.Module | None, model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -80,45 +89,6 @@ def make_optimizers(model: torch.nn.Module, critic: torch.nn.Module | None, cfg:
     if tc.optimizer == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=tuple(tc.adam_betas)), critic_optimizer
     return torch.optim.SGD(groups, lr=lr, momentum=tc.momentum), critic_optimizer
-
-
-def build_tokenizer(cfg: Config, train_texts: list[str]) -> TextTokenizer:
-    """The decoder's tokenizer, paired with a pretrained encoder's own when that differs.
-
-    A pretrained decoder brings its own tokenizer (``tokenizer.type`` is then ignored);
-    any other decoder's is trained on the training split as ``tokenizer`` says.
-    """
-    arch = resolved_fields(cfg.model)
-    decoder_name = arch["decoder_name"] if arch.get("decoder") == "pretrained" else None
-    if cfg.tokenizer.type == "pretrained" and decoder_name is None:
-        raise TextVAEError("tokenizer.type=pretrained is a pretrained decoder's own tokenizer: it needs "
-                           "model.decoder=pretrained (or choose word, bpe, unigram or sentencepiece)")
-    if decoder_name is not None:
-        tokenizer = PretrainedTokenizer.from_name(decoder_name, "model.decoder_name")
-    else:
-        tokenizer = train_tokenizer(train_texts, cfg.tokenizer)
-    encoder_name = arch["encoder_name"] if arch.get("encoder") == "pretrained" else None
-    if arch.get("latent_dim", ModelArgs.latent_dim) > 0 and encoder_name not in (None, decoder_name):
-        return PairedTokenizer(tokenizer, PretrainedTokenizer.from_name(encoder_name, "model.encoder_name"))
-    return tokenizer
-
-
-def build_model(cfg: Config, tokenizer: TextTokenizer) -> TextVAE:
-    """A fresh model for ``cfg.model`` with the tokenizer's vocabulary and special ids (on the CPU)."""
-    special = dict(bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, unk_id=tokenizer.unk_id)
-    return TextVAE(resolve_model_args(cfg.model, tokenizer.vocab_size, tokenizer.pad_id, **special))
-
-
-def build_datasets(cfg: Config, tokenizer: TextTokenizer | None = None):
-    """Read and tokenize every split; build the tokenizer (:func:`build_tokenizer`) unless one is given."""
-    texts = load_texts(cfg.data)
-    if tokenizer is None:
-        tokenizer = build_tokenizer(cfg, texts["train"][0])
-    datasets = {
-        split: TextDataset.from_texts(t, tokenizer, labels, cfg.data.max_length if split == "train" else None)
-        for split, (t, labels) in texts.items()
-    }
-    return datasets, tokenizer
 
 
 def _rng_state() -> dict:
@@ -157,6 +127,9 @@ def train_step(model, critic, batch, cfg: Config, kl_w: float, critic_w: float, 
     or ``decoder`` moves only that side (aggressive training, :mod:`textvae.strategies`):
     the whole model's gradient is clipped first, as He et al. do, then the other side's
     is dropped. A ``decoder`` step only logs the critic term.
+
+    A non-finite loss or gradient norm moves nothing: the step is skipped and the sums are
+    ``{"bad_steps": 1}``. ``train.grad_clip = 0`` computes the norm without clipping.
     """
     out = model(batch.input_ids, batch.attention_mask, batch.encoder_input_ids, batch.encoder_attention_mask)
     loss = negative_elbo(out, kl_w, cfg.train.free_bits, cfg.train.free_bits_mode)
@@ -176,16 +149,67 @@ def train_step(model, critic, batch, cfg: Config, kl_w: float, critic_w: float, 
     optimizer.zero_grad(set_to_none=True)
     if critic_optimizer is not None:
         critic_optimizer.zero_grad(set_to_none=True)
+    if not math.isfinite(sums["loss"]):
+        return {"bad_steps": 1}
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    clip = cfg.train.grad_clip or math.inf
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    critic_norm = torch.nn.utils.clip_grad_norm_(critic_params, clip) if critic_params else norm
+    if not (torch.isfinite(norm) and torch.isfinite(critic_norm)):
+        optimizer.zero_grad(set_to_none=True)
+        if critic_optimizer is not None:
+            critic_optimizer.zero_grad(set_to_none=True)
+        return {"bad_steps": 1}
     for param in frozen_parameters(model, critic_params, update):
         param.grad = None  # SGD and Adam skip a parameter without a gradient
     optimizer.step()
-    if critic_params:
-        torch.nn.utils.clip_grad_norm_(critic_params, cfg.train.grad_clip)
     if critic_optimizer is not None and update != "decoder":
         critic_optimizer.step()
     return sums
+
+
+@contextmanager
+def stop_on_sigint():
+    """While training: the first Ctrl-C (SIGINT) sets the returned event, so the loop can checkpoint and stop
+    cleanly; a second one interrupts at once. Outside the main thread signals cannot be caught: a no-op."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def record_data_files(cfg: Config, datasets: dict) -> Config:
+    """The config a run stores: ``data.dir`` absolute and the sha256 of every split file it read, so that the
+    run directory is self-contained (``textvae eval`` from any folder checks it is the same data)."""
+    data = cfg.data
+    prints = dict(data.fingerprints)
+    for dataset in datasets.values():
+        prints[dataset.source.path.name] = dataset.source.sha256
+    folder = None if data.dir is None else str(Path(data.dir).resolve())
+    return replace(cfg, data=replace(data, dir=folder, fingerprints=prints))
+
+
+def _epoch_line(record: dict, max_epochs: int) -> str:
+    """The one-line summary of an epoch's validation record (the ``textvae`` logger, INFO)."""
+    def fmt(name: str, spec: str) -> str:
+        value = record.get(name)
+        return f"{name} {'n/a' if value is None else format(value, spec)}"
+
+    return (f"epoch {record['epoch']}/{max_epochs}  step {record['step']}  valid {fmt('loss', '.3f')}  "
+            f"{fmt('rec', '.3f')}  {fmt('kl', '.3f')}  {fmt('mi', '.3f')}  {fmt('au', 'd')}  {fmt('ppl', '.2f')}  "
+            f"lr {record['lr']:g}  {record['seconds']:.1f} s")
 
 
 def fit(
@@ -193,30 +217,24 @@ def fit(
 ) -> Path:
     """Train ``cfg`` into ``output_dir`` and evaluate the best model on the test split.
 
-    Writes config.yaml, metrics.jsonl, model/, checkpoints/, eval_test.json and curves.png.
+    Writes config.yaml, metrics.jsonl, model/, checkpoints/, eval_test.json and curves.png. Nothing
+    is written (an existing run with ``overwrite`` is left in place) until the data, the tokenizer
+    and the model have been built from ``cfg`` without error.
     """
     run = Path(output_dir)
-    prepare_run_dir(run, resume=resume, overwrite=overwrite)
-    default_threads = torch.get_num_threads()
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)  # the training loop only; evaluation uses every core
+    check_output_dir(run, resume=resume, overwrite=overwrite)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-
-    ckpt = latest_checkpoint(run) if resume else None
-    datasets, tokenizer = build_datasets(cfg, load_tokenizer(ckpt) if ckpt else None)
-    if ckpt:
-        model, _ = load_model_dir(ckpt, device)
-        state = load_trainer_state(ckpt)
-    else:
+    ckpt = None
+    if resume:
+        ckpt, model, tokenizer, state = resume_point(run, device)
+    datasets, tokenizer = build_datasets(cfg, tokenizer if ckpt else None)
+    if not ckpt:
         model = build_model(cfg, tokenizer).to(device)
         state = dict(step=0, epoch=0, batch_in_epoch=0, best_val=math.inf, plateau_best=math.inf,
                      bad_epochs=0, n_decays=0, lr=cfg.train.lr)
-    state = {**initial_state(cfg.train), **state}  # checkpoints written before the strategies existed
-    if model.latent_dim == 0 and (cfg.train.aggressive or cfg.train.ae_epochs):
-        raise TextVAEError("train.aggressive and train.ae_epochs need a latent variable (model.latent_dim > 0)")
-    save_config(run, cfg)  # on --resume too: the config this continuation runs with
+    state = {"bad_steps": 0, "train_seconds": 0.0, **initial_state(cfg.train), **state}  # older checkpoints
     critic = build_critic(cfg.critic, model)
     optimizer, critic_optimizer = make_optimizers(model, critic, cfg, state["lr"])
     if ckpt:
@@ -226,19 +244,66 @@ def fit(
         if critic_optimizer is not None:
             critic_optimizer.load_state_dict(state["critic_optimizer"])
         _set_rng_state(state["rng"])
+    cfg = record_data_files(cfg, datasets)
+    if not resume:
+        claim_run_dir(run)  # every input has passed its checks: only now is an old run replaced
+    save_config(run, cfg)  # on --resume too: the config this continuation runs with
+    log.info(f"training {cfg.name} (method {cfg.method}) into {run}: {len(datasets['train'])} training "
+             f"sequences, vocabulary {tokenizer.vocab_size}, {sum(p.numel() for p in model.parameters()):,} "
+             f"parameters, {device}" + (f", resumed from {ckpt.name}" if ckpt else ""))
+    default_threads = torch.get_num_threads()
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)  # the training loop only; evaluation uses every core
+    try:
+        with stop_on_sigint() as interrupted:
+            _train(run, cfg, model, tokenizer, critic, optimizer, critic_optimizer, datasets, state, device,
+                   progress, interrupted)
+    finally:
+        torch.set_num_threads(default_threads)
+    final_evaluation(run, cfg, datasets["test"], device, progress)
+    plot_training_curves(run / "metrics.jsonl", run / "curves.png")
+    return run
+
+
+def _train(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_optimizer, datasets, state: dict,
+           device, progress: bool, interrupted: threading.Event) -> None:
+    """The epoch loop of :func:`fit`, from ``state`` (fresh or a checkpoint's) to the end of training."""
     critic_params = critic_own_parameters(critic, model)
     metrics = MetricsWriter(run / "metrics.jsonl")
     metrics.truncate_after(state["step"])
-
     train_set, valid_set = datasets["train"], datasets["valid"]
     tc = cfg.train
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
     max_steps = tc.max_steps or math.inf
     max_seconds = 60 * tc.max_train_minutes if tc.max_train_minutes else math.inf  # a CPU-time budget
-    state.setdefault("train_seconds", 0.0)  # training time so far (also for checkpoints older than the key)
 
     def budget_spent(running_seconds: float = 0.0) -> bool:
         return state["step"] >= max_steps or state["train_seconds"] + running_seconds >= max_seconds
+
+    def checkpoint() -> Path:
+        state["optimizer"] = optimizer.state_dict()
+        if critic is not None:
+            state["critic"] = critic.state_dict()
+        if critic_optimizer is not None:
+            state["critic_optimizer"] = critic_optimizer.state_dict()
+        state["rng"] = _rng_state()
+        return save_checkpoint(run, model, tokenizer, state, tc.keep_checkpoints)
+
+    def counted(step):
+        """``step`` with its skipped (non-finite) updates counted, logged and bounded by max_bad_steps."""
+        def run_step(batch, update="all"):
+            sums = step(batch, update=update)
+            if sums.get("bad_steps"):
+                state["bad_steps"] += 1
+                metrics.write({"split": "event", "step": state["step"] + 1, "epoch": state["epoch"] + 1,
+                               "event": "bad_step", "update": update, "bad_steps": state["bad_steps"]})
+                if state["bad_steps"] >= tc.max_bad_steps:
+                    last = latest_checkpoint(run)
+                    raise TextVAEError(f"training stopped: {state['bad_steps']} steps with a non-finite loss or "
+                                       f"gradient (train.max_bad_steps = {tc.max_bad_steps}); the last good "
+                                       f"checkpoint is {last if last else 'not written yet'}")
+            return sums
+        return run_step
 
     stop = budget_spent() or state["n_decays"] >= tc.max_lr_decays
     while not stop and state["epoch"] < tc.max_epochs:
@@ -246,35 +311,39 @@ def fit(
         model.train()
         if critic is not None:
             critic.train()
-        t0 = time.perf_counter()
-        tokens, first_batch = 0, state["batch_in_epoch"]
-        sums = dict.fromkeys(("loss", "rec", "kl", "critic_loss", "critic_acc", "critic_mi_bound", "n",
-                              "encoder_steps", "steps"), 0.0)
+        # A resume from a mid-epoch checkpoint carries the epoch's running sums and time on.
+        carried = state.pop("epoch_progress", None) or dict(sums=dict.fromkeys(SUM_KEYS, 0.0), tokens=0,
+                                                             seconds=0.0, first_batch=state["batch_in_epoch"])
+        sums, tokens, first_batch = carried["sums"], carried["tokens"], carried["first_batch"]
+        t0 = time.perf_counter() - carried["seconds"]
+        part_start = time.perf_counter()  # this process's share of the epoch, for the time budget
+
         bar = tqdm(batches[state["batch_in_epoch"]:], desc=f"epoch {state['epoch'] + 1}", leave=False,
                    disable=None if progress else True)
         for batch in bar:
             batch = batch.to(device)
             weight = stage_kl_weight(state, steps_per_epoch, tc)
-            step = functools.partial(train_step, model, critic, cfg=cfg, kl_w=weight,
-                                     critic_w=critic_weight(state["step"], cfg.critic), optimizer=optimizer,
-                                     critic_optimizer=critic_optimizer, critic_params=critic_params)
+            step = counted(functools.partial(train_step, model, critic, cfg=cfg, kl_w=weight,
+                                             critic_w=critic_weight(state["step"], cfg.critic), optimizer=optimizer,
+                                             critic_optimizer=critic_optimizer, critic_params=critic_params))
             if state["aggressive"]:  # He et al. 2019: the encoder catches up first, then one decoder step
                 draw = functools.partial(_random_batch, batches, device)
                 n_enc = aggressive_encoder_updates(step, batch, draw, tc)
                 state["encoder_steps"] += n_enc
                 sums["encoder_steps"] += n_enc
             batch_sums = step(batch, update="decoder" if state["aggressive"] else "all")
-            for key, value in batch_sums.items():
-                sums[key] += value
+            if not batch_sums.get("bad_steps"):
+                for key, value in batch_sums.items():
+                    sums[key] += value
+                tokens += batch.num_predicted_tokens
             sums["steps"] += 1
             state["step"] += 1
             state["batch_in_epoch"] += 1
-            tokens += batch.num_predicted_tokens
             if state["step"] % tc.log_every_steps == 0:
-                n = sums["n"]
+                n = max(sums["n"], 1)
                 record = {"split": "train", "step": state["step"], "epoch": state["epoch"] + 1,
                           "loss": sums["loss"] / n, "rec": sums["rec"] / n, "kl": sums["kl"] / n,
-                          "kl_weight": weight, "lr": state["lr"],
+                          "kl_weight": weight, "lr": state["lr"], "bad_steps": state["bad_steps"],
                           "tokens_per_s": tokens / (time.perf_counter() - t0)}
                 if critic is not None:
                     record.update({k: sums[k] / n for k in ("critic_loss", "critic_acc", "critic_mi_bound")})
@@ -282,21 +351,35 @@ def fit(
                 record.update(_strategy_fields(state, sums, tc))
                 metrics.write(record)
                 bar.set_postfix(loss=f"{sums['loss'] / n:.2f}", kl=f"{sums['kl'] / n:.2f}")
-            if budget_spent(time.perf_counter() - t0):
+            mid_epoch = state["batch_in_epoch"] < len(batches)
+            every = tc.checkpoint_every_steps
+            if mid_epoch and (interrupted.is_set() or (every and state["step"] % every == 0)):
+                state["epoch_progress"] = dict(sums=dict(sums), tokens=tokens, seconds=time.perf_counter() - t0,
+                                               first_batch=first_batch)
+                state["train_seconds"] += time.perf_counter() - part_start
+                part_start = time.perf_counter()
+                path = checkpoint()
+                del state["epoch_progress"]
+                if interrupted.is_set():
+                    raise TrainingInterrupted(f"interrupted at step {state['step']}: checkpoint written to {path}; "
+                                              "run the same command with --resume to continue")
+            if budget_spent(time.perf_counter() - part_start):
                 stop = True
                 break
         seconds = time.perf_counter() - t0
-        state["train_seconds"] += seconds
+        state["train_seconds"] += time.perf_counter() - part_start
         val = evaluate(model, valid_set, cfg.eval, device, iw=False, seed=cfg.seed, progress=False)
         val_loss = val.rec if state["stage"] == "ae" else -val.elbo  # an autoencoder is selected by rec (Li et al.)
         whole_epoch = state["batch_in_epoch"] >= len(batches)
         switched_off = whole_epoch and aggressive_after_epoch(state, val.mi_batch)
-        metrics.write({"split": "valid", "step": state["step"], "epoch": state["epoch"] + 1, "loss": val_loss,
-                       "rec": val.rec, "kl": val.kl, "mi": val.mi, "mi_batch": val.mi_batch, "au": val.au,
-                       "ppl": val.ppl, "kl_weight": stage_kl_weight(state, steps_per_epoch, tc), "lr": state["lr"],
-                       "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9),
-                       "epoch_fraction": (state["batch_in_epoch"] - first_batch) / len(batches),
-                       **_strategy_fields(state, sums, tc)})
+        record = {"split": "valid", "step": state["step"], "epoch": state["epoch"] + 1, "loss": val_loss,
+                  "rec": val.rec, "kl": val.kl, "mi": val.mi, "mi_batch": val.mi_batch, "au": val.au,
+                  "ppl": val.ppl, "kl_weight": stage_kl_weight(state, steps_per_epoch, tc), "lr": state["lr"],
+                  "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9),
+                  "epoch_fraction": (state["batch_in_epoch"] - first_batch) / len(batches),
+                  "bad_steps": state["bad_steps"], **_strategy_fields(state, sums, tc)}
+        metrics.write(record)
+        log.info(_epoch_line(record, tc.max_epochs))
         if switched_off:
             metrics.write({"split": "event", "step": state["step"], "epoch": state["epoch"] + 1,
                            "event": "aggressive_off", "mi_batch": val.mi_batch,
@@ -320,18 +403,10 @@ def fit(
                 begin_vae_stage(model, state, tc.lr)
                 optimizer, _ = make_optimizers(model, critic, cfg, state["lr"])
                 stop = budget_spent()  # the lr decays of the AE stage do not end the run
-        state["optimizer"] = optimizer.state_dict()
-        if critic is not None:
-            state["critic"] = critic.state_dict()
-        if critic_optimizer is not None:
-            state["critic_optimizer"] = critic_optimizer.state_dict()
-        state["rng"] = _rng_state()
-        save_checkpoint(run, model, tokenizer, state, tc.keep_checkpoints)
-
-    torch.set_num_threads(default_threads)
-    final_evaluation(run, cfg, datasets["test"], device, progress)
-    plot_training_curves(run / "metrics.jsonl", run / "curves.png")
-    return run
+        path = checkpoint()
+        if interrupted.is_set():
+            raise TrainingInterrupted(f"interrupted at step {state['step']}: checkpoint written to {path}; "
+                                      "run the same command with --resume to continue")
 
 
 def _random_batch(batches: list, device):

@@ -27,10 +27,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Independent, Normal
+from torch.distributions import Independent
 
 from .encoders import LSTMEncoder
-from .posterior import pairwise_log_prob
+from .posterior import diagonal_gaussian, pairwise_log_prob
 
 
 def info_nce(scores: torch.Tensor, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +82,7 @@ class SelfCritic(nn.Module):
         """Shape: z (B, D) → (B, B + queued posteriors)."""
         scores = pairwise_log_prob(posterior, z)  # (B, B)
         if self.queue is not None:
-            queued = Independent(Normal(self.queue[:, 0], self.queue[:, 1]), 1)
+            queued = diagonal_gaussian(self.queue[:, 0], self.queue[:, 1])
             scores = torch.cat([scores, pairwise_log_prob(queued, z)], dim=1)  # (B, B + K)
         if self.training and self.queue_size:
             base = posterior.base_dist
@@ -157,14 +157,15 @@ class NeuralCritic(nn.Module):
         return queries @ candidates.T / self.temperature  # (B, C)
 
 
-def build_critic(cfg, model) -> nn.Module | None:
-    """The critic named by ``cfg.type`` (a CriticConfig) for ``model``; None for ``none`` or the LM."""
-    if cfg.type == "none" or model.latent_dim == 0:
-        return None
-    if cfg.type == "self":
-        return SelfCritic(cfg.queue_size)
+def _self_critic(cfg, model) -> SelfCritic:
+    return SelfCritic(cfg.queue_size)
+
+
+def _neural_critic(cfg, model) -> NeuralCritic:
+    """The neural critic, or with ``cfg.type == "hybrid"`` one sharing the inference network's embedding
+    (or its whole encoder, ``critic.share_encoder``)."""
     embedding = model.encoder.get_input_embeddings()
-    shared = embedding if cfg.type == "hybrid" and not cfg.share_encoder else None
+    hybrid = cfg.type == "hybrid"
     return NeuralCritic(
         embedding.num_embeddings,  # the encoder's vocabulary: the critic reads the encoder's ids
         model.latent_dim,
@@ -174,7 +175,16 @@ def build_critic(cfg, model) -> nn.Module | None:
         temperature=cfg.temperature,
         learn_temperature=cfg.learn_temperature,
         queue_size=cfg.queue_size,
-        embedding=shared,
+        embedding=embedding if hybrid and not cfg.share_encoder else None,
         pad_id=model.encoder.pad_id,
-        shared_encoder_dim=model.encoder.output_dim if cfg.type == "hybrid" and cfg.share_encoder else None,
+        shared_encoder_dim=model.encoder.output_dim if hybrid and cfg.share_encoder else None,
     ).to(next(model.parameters()).device)
+
+
+# critic.type → builder (cfg, model) → critic module (config.CRITIC_TYPES are its keys)
+CRITICS = {"none": lambda cfg, model: None, "self": _self_critic, "neural": _neural_critic, "hybrid": _neural_critic}
+
+
+def build_critic(cfg, model) -> nn.Module | None:
+    """The critic named by ``cfg.type`` (a CriticConfig) for ``model``; None for ``none`` or the LM."""
+    return None if model.latent_dim == 0 else CRITICS[cfg.type](cfg, model)

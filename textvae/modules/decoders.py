@@ -5,7 +5,7 @@ logits, or ``(logits, state)``; ``state`` is opaque (the LSTM's ``(h, c)``, the
 Transformers' key/value caches) and continues an earlier call, so feeding tokens one
 at a time gives the logits of one full pass. ``reorder_state(state, index)`` selects
 (and repeats) batch rows of a state for beam search (:mod:`textvae.generation` relies on
-both; only the decoder knows its state's layout). ``from_args(ModelArgs)`` builds a decoder; one that
+both; only the decoder knows its state's layout). ``from_args(ModelConfig)`` builds a decoder; one that
 defines ``reset_parameters`` initialises itself, the others get He et al.'s uniform
 initialisation from :class:`textvae.model.TextVAE`.
 """
@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TextVAEError
+from ..config import LATENT_INJECTIONS
+from ..errors import TextVAEError
 from .hf import config_dict, load_pretrained
 from .transformer import Stack, TokenEmbedding
 
@@ -111,7 +112,6 @@ class LSTMDecoder(nn.Module):
         return select_rows(state, index, dim=1)
 
 
-LATENT_INJECTIONS = ("prefix", "embedding", "memory")
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Sequence encoders: ``(input_ids (B, T), attention_mask (B, T)) → h (B, H)``.
 
 Every encoder has ``output_dim`` (H), ``pad_id``, ``get_input_embeddings()`` (the word
-embedding a hybrid critic shares) and ``from_args(ModelArgs)``. One that defines
+embedding a hybrid critic shares) and ``from_args(ModelConfig)``. One that defines
 ``reset_parameters`` initialises itself; the others get He et al.'s uniform
 initialisation from :class:`textvae.model.TextVAE`.
 """
@@ -11,11 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import TextVAEError
+from ..config import POOLINGS
+from ..errors import TextVAEError
 from .hf import config_dict, load_pretrained
 from .transformer import Stack, TokenEmbedding
-
-POOLINGS = ("mean", "first", "pooler")
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:

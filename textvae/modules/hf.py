@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from ..config import TextVAEError
+from ..errors import TextVAEError
 
 
 def cannot_load(what: str, name: str, key: str, err: Exception) -> TextVAEError:

@@ -8,6 +8,12 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 
+def diagonal_gaussian(loc: torch.Tensor, scale: torch.Tensor) -> Independent:
+    """``Independent(Normal(loc, scale), 1)`` without argument checks: a non-finite scale from diverged
+    weights must reach the loss (where training skips the step), not raise inside ``torch.distributions``."""
+    return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+
+
 class GaussianPosterior(nn.Module):
     """``h → q(z|x) = Independent(Normal(μ, σ), 1)``; one linear layer gives (μ, log σ²) as in He et al.
 
@@ -43,13 +49,13 @@ class GaussianPosterior(nn.Module):
             bn = self.mu_bn
             mu = bn(mu) if mu.size(0) > 1 or not self.training else F.batch_norm(
                 mu, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-        return Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+        return diagonal_gaussian(mu, torch.exp(0.5 * logvar))
 
 
 def standard_normal(latent_dim: int, device=None) -> Independent:
     """The prior p(z) = N(0, I) over ``latent_dim`` dimensions."""
     zeros = torch.zeros(latent_dim, device=device)
-    return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
+    return diagonal_gaussian(zeros, torch.ones_like(zeros))
 
 
 def pairwise_log_prob(posterior: Independent, z: torch.Tensor) -> torch.Tensor:
@@ -58,4 +64,4 @@ def pairwise_log_prob(posterior: Independent, z: torch.Tensor) -> torch.Tensor:
     Shape: posterior with batch shape (N,), z (M, D) → (M, N).
     """
     base = posterior.base_dist
-    return Independent(Normal(base.loc[None], base.scale[None]), 1).log_prob(z[:, None, :])
+    return diagonal_gaussian(base.loc[None], base.scale[None]).log_prob(z[:, None, :])

@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TextVAEError
-
-POSITIONS = ("learned", "sinusoidal")
+from ..config import POSITIONS
+from ..errors import TextVAEError
 
 
 def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
