@@ -192,6 +192,9 @@ class TrainConfig:
     keep_checkpoints: int = key(2, ge=1)  # last N checkpoints kept in checkpoints/
     max_bad_steps: int = key(10, ge=1)  # steps with a non-finite loss or gradient are skipped; stop after this many
     num_threads: int | None = key(None, ge=1)  # torch CPU threads for the training loop (None: torch's default)
+    # fp32 | bf16 (autocast: bf16 matrix products, fp32 parameters and loss) | auto (bf16 where the device has
+    # native bf16: AMX/AVX512-BF16 CPUs, bf16 CUDA devices). Evaluation is fp32 whatever this says.
+    precision: str = key("fp32", choices=("fp32", "bf16", "auto"))
 
 
 @dataclass

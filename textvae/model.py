@@ -21,6 +21,7 @@ from .config import ModelConfig, check_model
 from .errors import TextVAEError, reading
 from .modules.decoders import DECODERS
 from .modules.encoders import ENCODERS
+from .modules.output import linear_cross_entropy
 from .modules.posterior import GaussianPosterior, standard_normal
 
 
@@ -145,11 +146,15 @@ class TextVAE(nn.Module):
         if z is not None and lead:
             z = z.reshape(-1, z.size(-1))
             input_ids = input_ids.repeat(z.size(0) // n, 1)
-        logits = self.decode(input_ids[:, :-1], z)  # (N', T-1, V)
         targets = input_ids[:, 1:]
-        nll = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=self.config.pad_id, reduction="none"
-        )
+        if hasattr(self.decoder, "features"):  # the output layer and its loss fused, in cache-sized blocks
+            weight, bias = self.decoder.output_layer()
+            nll = linear_cross_entropy(self.decoder.features(input_ids[:, :-1], z), weight, bias, targets,
+                                       self.config.pad_id)  # (N', T-1)
+        else:
+            logits = self.decode(input_ids[:, :-1], z)  # (N', T-1, V)
+            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                  ignore_index=self.config.pad_id, reduction="none")
         return nll.view(*lead, n, t - 1).sum(-1)
 
     def generate(self, z: torch.Tensor | None, cfg=None, num_sequences: int | None = None,

@@ -49,6 +49,7 @@ from .errors import TextVAEError, TrainingInterrupted
 from .evaluate import EvalResult, evaluate
 from .modules.critics import build_critic
 from .objectives import critic_term, critic_weight, negative_elbo
+from .precision import autocast, resolve_precision
 from .strategies import (
     ae_stage_over,
     aggressive_after_epoch,
@@ -117,7 +118,7 @@ def _lr_schedule(state: dict, val_loss: float, cfg: TrainConfig) -> bool:
 
 
 def train_step(model, critic, batch, cfg: Config, kl_w: float, critic_w: float, optimizer, critic_optimizer,
-               critic_params, update: str = "all") -> dict[str, float]:
+               critic_params, update: str = "all", precision: str = "fp32") -> dict[str, float]:
     """One update on ``rec + kl_w · KL (+ critic_w · InfoNCE)``; returns the batch's sums for logging.
 
     Sums (not means) of loss, rec, kl, critic_loss, critic_acc, critic_mi_bound over the
@@ -129,16 +130,18 @@ def train_step(model, critic, batch, cfg: Config, kl_w: float, critic_w: float, 
     is dropped. A ``decoder`` step only logs the critic term.
 
     A non-finite loss or gradient norm moves nothing: the step is skipped and the sums are
-    ``{"bad_steps": 1}``. ``train.grad_clip = 0`` computes the norm without clipping.
+    ``{"bad_steps": 1}``. ``train.grad_clip = 0`` computes the norm without clipping. ``precision``
+    (``fp32`` or ``bf16``, :mod:`textvae.precision`) is the autocast of the forward pass.
     """
-    out = model(batch.input_ids, batch.attention_mask, batch.encoder_input_ids, batch.encoder_attention_mask)
+    with autocast(precision, batch.input_ids.device):
+        out = model(batch.input_ids, batch.attention_mask, batch.encoder_input_ids, batch.encoder_attention_mask)
     loss = negative_elbo(out, kl_w, cfg.train.free_bits, cfg.train.free_bits_mode)
     b = batch.input_ids.size(0)
     sums = {"rec": float(out.rec.detach().sum()), "kl": float(out.kl.detach().sum()), "n": b}
     if critic is not None:  # the critic reads x as the encoder does (it may share the encoder's embedding)
         # A decoder-only step cannot use the critic term (it never reaches the decoder): it is only logged, so
         # the step, and its gradient clipping, is He et al.'s decoder step on the ELBO alone.
-        with torch.set_grad_enabled(update != "decoder"):
+        with torch.set_grad_enabled(update != "decoder"), autocast(precision, batch.input_ids.device):
             c_loss, c_acc, c_bound = critic_term(critic, out, batch.encoder_input_ids,
                                                  batch.encoder_attention_mask, cfg.critic)
         if update != "decoder":
@@ -250,7 +253,8 @@ def fit(
     save_config(run, cfg)  # on --resume too: the config this continuation runs with
     log.info(f"training {cfg.name} (method {cfg.method}) into {run}: {len(datasets['train'])} training "
              f"sequences, vocabulary {tokenizer.vocab_size}, {sum(p.numel() for p in model.parameters()):,} "
-             f"parameters, {device}" + (f", resumed from {ckpt.name}" if ckpt else ""))
+             f"parameters, {device}, {resolve_precision(cfg.train.precision, device)}"
+             + (f", resumed from {ckpt.name}" if ckpt else ""))
     default_threads = torch.get_num_threads()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)  # the training loop only; evaluation uses every core
@@ -274,6 +278,7 @@ def _train(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_o
     train_set, valid_set = datasets["train"], datasets["valid"]
     tc = cfg.train
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
+    precision = resolve_precision(tc.precision, device)
     max_steps = tc.max_steps or math.inf
     max_seconds = 60 * tc.max_train_minutes if tc.max_train_minutes else math.inf  # a CPU-time budget
 
@@ -325,7 +330,8 @@ def _train(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_o
             weight = stage_kl_weight(state, steps_per_epoch, tc)
             step = counted(functools.partial(train_step, model, critic, cfg=cfg, kl_w=weight,
                                              critic_w=critic_weight(state["step"], cfg.critic), optimizer=optimizer,
-                                             critic_optimizer=critic_optimizer, critic_params=critic_params))
+                                             critic_optimizer=critic_optimizer, critic_params=critic_params,
+                                             precision=precision))
             if state["aggressive"]:  # He et al. 2019: the encoder catches up first, then one decoder step
                 draw = functools.partial(_random_batch, batches, device)
                 n_enc = aggressive_encoder_updates(step, batch, draw, tc)

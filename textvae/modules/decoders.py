@@ -95,6 +95,19 @@ class LSTMDecoder(nn.Module):
         ``state`` continues from an earlier call (incremental generation); when it
         is None the state is initialised from ``z``.
         """
+        hidden, state = self._hidden(input_ids, z, state)
+        logits = self.pred_linear(hidden)  # (N, T, V)
+        return (logits, state) if return_state else logits
+
+    def features(self, input_ids: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """The output layer's input for teacher forcing (dropout applied). Shape: (N, T) → (N, T, H)."""
+        return self._hidden(input_ids, z, None)[0]
+
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight (V, H), bias (V,) or None) of the output layer: logits = features · weightᵀ + bias."""
+        return self.pred_linear.weight, self.pred_linear.bias
+
+    def _hidden(self, input_ids: torch.Tensor, z: torch.Tensor | None, state):
         if self.training:
             input_ids = word_dropout(input_ids, self.word_dropout_p, self.unk_id, self.keep_ids)
         emb = self.dropout_in(self.embed(input_ids))  # (N, T, E)
@@ -104,8 +117,7 @@ class LSTMDecoder(nn.Module):
                 c0 = self.trans_linear(z)[None]  # (1, N, H)
                 state = (torch.tanh(c0), c0)
         out, state = self.lstm(emb, state)  # (N, T, H)
-        logits = self.pred_linear(self.dropout_out(out))  # (N, T, V)
-        return (logits, state) if return_state else logits
+        return self.dropout_out(out), state
 
     def reorder_state(self, state, index: torch.Tensor):
         """Batch rows ``index`` of a state from :meth:`forward` (beam search). Shape: (h, c) each (1, N, H)."""
@@ -192,6 +204,19 @@ class TransformerDecoder(nn.Module):
         ``state`` (a :class:`KVCache`) continues an earlier call; without it, z sets up the
         prefix or memory slots. ``embedding`` injection needs z at every call.
         """
+        hidden, state = self._hidden(input_ids, z, state)
+        logits = F.linear(hidden, self.tokens.embed.weight, self.out_bias)  # (N, T, V)
+        return (logits, state) if return_state else logits
+
+    def features(self, input_ids: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """The output layer's input for teacher forcing (dropout applied). Shape: (N, T) → (N, T, d)."""
+        return self._hidden(input_ids, z, None)[0]
+
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight (V, d), bias (V,)): the tied input embedding and the output bias."""
+        return self.tokens.embed.weight, self.out_bias
+
+    def _hidden(self, input_ids: torch.Tensor, z: torch.Tensor | None, state: KVCache | None):
         if self.training:
             input_ids = word_dropout(input_ids, self.word_dropout_p, self.unk_id, self.keep_ids)
         start = self.prefix if state is None else state.length
@@ -213,8 +238,7 @@ class TransformerDecoder(nn.Module):
         hidden, layers = self.stack(x, mask, is_causal=not cached, past=past)  # (N, T', d)
         if state is None and self.prefix:
             hidden = hidden[:, 1:]  # the prefix position predicts nothing
-        logits = F.linear(self.dropout_out(hidden), self.tokens.embed.weight, self.out_bias)  # (N, T, V)
-        return (logits, KVCache(layers, start + input_ids.size(1))) if return_state else logits
+        return self.dropout_out(hidden), KVCache(layers, start + input_ids.size(1))
 
 
 class PretrainedDecoder(nn.Module):

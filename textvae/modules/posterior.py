@@ -43,7 +43,7 @@ class GaussianPosterior(nn.Module):
 
     def forward(self, h: torch.Tensor) -> Independent:
         """Shape: h (B, H) → distribution with batch shape (B,) and event shape (D,)."""
-        mu, logvar = self.linear(h).chunk(2, dim=-1)  # (B, D) each
+        mu, logvar = self.linear(h).float().chunk(2, dim=-1)  # (B, D) each; fp32 under autocast too
         if self.mu_bn is not None:
             # One sequence has no batch statistics: normalise it with the running ones.
             bn = self.mu_bn

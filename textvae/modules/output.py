@@ -1,0 +1,115 @@
+"""The decoder's output layer fused with its cross-entropy: ``−log softmax(h Wᵀ + b)[target]`` per position.
+
+The (N, V) logits of a batch are never held whole: rows are taken a cache-sized
+block at a time (matrix product, log-sum-exp, the target's logit), so the
+elementwise passes over N × V numbers run in cache instead of main memory, and
+positions whose target is padding are skipped before the matrix product. When
+gradients are needed, the forward pass also forms each block's gradient
+(softmax − one-hot) while the block is in cache, and keeps only the (N, H), (V, H)
+and (V,) gradients of Σ nll; the backward pass scales them by the incoming
+gradient, which a sum or mean of the per-position losses makes the same for every
+position (a non-uniform one recomputes the blocks with its weights). The values are
+those of ``F.cross_entropy(F.linear(h, W, b), targets, reduction="none")`` up to
+floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BLOCK_BYTES = 4 * 2**20  # one block of logits: about 4 MiB, in cache (fastest of 1-16 MiB, PTB, one core)
+
+
+def block_rows(vocab_size: int) -> int:
+    """Rows per block so that a block of fp32 logits is about :data:`BLOCK_BYTES`."""
+    return max(16, BLOCK_BYTES // (4 * vocab_size))
+
+
+def _blocks(hidden, weight, bias, targets, rows: int, row_weights=None, grads: bool = False):
+    """nll per row, and with ``grads`` the gradients of Σ_i w_i nll_i (w = ``row_weights``, or 1).
+
+    Shape: hidden (N, H), weight (V, H), bias (V,) or None, targets (N,) (all valid) → nll (N,),
+    then grad_hidden (N, H), grad_weight (V, H), grad_bias (V,) or None.
+    """
+    n = hidden.size(0)
+    nll = hidden.new_empty(n, dtype=torch.float32)
+    g_h = torch.empty_like(hidden) if grads else None
+    g_w = torch.zeros_like(weight, dtype=torch.float32) if grads else None
+    g_b = torch.zeros_like(bias, dtype=torch.float32) if grads and bias is not None else None
+    low = hidden.dtype != torch.float32  # bf16 features (autocast): products in bf16, the softmax in fp32
+    w = weight.to(hidden.dtype)
+    for start in range(0, n, rows):
+        h, t = hidden[start : start + rows], targets[start : start + rows]
+        if low:
+            logits = (h @ w.t()).float()  # (n', V)
+            if bias is not None:
+                logits += bias.float()
+        else:
+            logits = h @ w.t() if bias is None else torch.addmm(bias, h, w.t())  # (n', V)
+        lse = torch.logsumexp(logits, dim=1)  # (n',)
+        picked = logits.gather(1, t[:, None])[:, 0]
+        nll[start : start + rows] = lse - picked
+        if grads:
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            grad[torch.arange(t.size(0), device=t.device), t] -= 1.0
+            if row_weights is not None:
+                grad.mul_(row_weights[start : start + rows, None])
+            if g_b is not None:
+                g_b += grad.sum(0)
+            grad = grad.to(hidden.dtype)
+            g_h[start : start + rows] = grad @ w
+            if low:
+                g_w += (grad.t() @ h).float()
+            else:
+                g_w.addmm_(grad.t(), h)
+    return nll, g_h, g_w, g_b
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Autograd of the fused output layer + cross-entropy on the valid rows (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, rows):
+        grads = any(ctx.needs_input_grad[:3])
+        with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are chosen here, block by block
+            nll, g_h, g_w, g_b = _blocks(hidden, weight, bias, targets, rows, grads=grads)
+        if grads:
+            ctx.save_for_backward(hidden, weight, bias, targets, g_h, g_w, g_b)
+            ctx.rows = rows
+        return nll
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_nll):
+        hidden, weight, bias, targets, g_h, g_w, g_b = ctx.saved_tensors
+        scale = grad_nll[:1]
+        if not bool((grad_nll == scale).all()):  # not a plain sum or mean: redo the blocks with these weights
+            _, g_h, g_w, g_b = _blocks(hidden, weight, bias, targets, ctx.rows, row_weights=grad_nll, grads=True)
+            scale = torch.ones((), dtype=grad_nll.dtype, device=grad_nll.device)
+        else:
+            scale = scale[0]
+        return (g_h * scale.to(g_h.dtype), (g_w * scale).to(weight.dtype),
+                None if g_b is None else (g_b * scale).to(bias.dtype), None, None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """``F.cross_entropy(F.linear(hidden, weight, bias), targets, ignore_index=..., reduction="none")``,
+    computed block by block in cache, skipping ignored positions (their loss is 0).
+
+    Shape: hidden (..., H), weight (V, H), bias (V,), targets (...) → (...).
+    """
+    shape = targets.shape
+    hidden, targets = hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)
+    keep = targets != ignore_index
+    everything = bool(keep.all())
+    h, t = (hidden, targets) if everything else (hidden[keep], targets[keep])
+    rows = block_rows(weight.size(0))
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (h, weight, bias)):
+        nll = LinearCrossEntropy.apply(h, weight, bias, t, rows)
+    else:  # evaluation: the values alone
+        with torch.autocast(h.device.type, enabled=False):
+            nll = _blocks(h, weight, bias, t, rows)[0]
+    if not everything:
+        nll = torch.zeros(targets.shape, dtype=nll.dtype, device=nll.device).masked_scatter(keep, nll)
+    return nll.view(shape)
