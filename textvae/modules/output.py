@@ -46,11 +46,13 @@ def _blocks(hidden, weight, bias, targets, rows: int, row_weights=None, grads: b
                 logits += bias.float()
         else:
             logits = h @ w.t() if bias is None else torch.addmm(bias, h, w.t())  # (n', V)
-        lse = torch.logsumexp(logits, dim=1)  # (n',)
         picked = logits.gather(1, t[:, None])[:, 0]
-        nll[start : start + rows] = lse - picked
+        # log-sum-exp in place, with one exp pass over the block: exp(x − max) is also the softmax's numerator
+        top = logits.amax(dim=1, keepdim=True)  # (n', 1)
+        total = logits.sub_(top).exp_().sum(dim=1, keepdim=True)  # the logits now hold exp(x − max)
+        nll[start : start + rows] = (total.log() + top)[:, 0] - picked
         if grads:
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            grad = logits.div_(total)  # softmax, in place of the logits
             grad[torch.arange(t.size(0), device=t.device), t] -= 1.0
             if row_weights is not None:
                 grad.mul_(row_weights[start : start + rows, None])
