@@ -7,6 +7,8 @@ documented, and a bf16 training run of a tiny model stays close to the fp32 one.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -91,3 +93,29 @@ def test_bf16_training_stays_close_to_fp32(tmp_path):
     assert losses["bf16"] != losses["fp32"]  # it really ran in bf16
     for a, b in zip(losses["fp32"], losses["bf16"], strict=True):
         assert b == pytest.approx(a, rel=0.02)
+
+
+def test_fp16_is_refused_off_cuda_before_anything_is_written(tmp_path):
+    from textvae.config import load_recipe
+    from textvae.errors import TextVAEError
+    from textvae.train import fit
+
+    with pytest.raises(TextVAEError, match="train.precision=fp16 needs a CUDA device"):
+        fit(load_recipe("debug", ["train.precision=fp16", "device=cpu"]), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_training_on_cuda_in_each_precision_stays_finite_and_close_to_cpu(tmp_path, precision):
+    from textvae.checkpoint import read_json
+    from textvae.config import load_recipe
+    from textvae.train import fit
+
+    common = ["train.max_epochs=1", "eval.iw_samples=4"]
+    cpu = fit(load_recipe("debug", [*common, "device=cpu"]), tmp_path / "cpu", progress=False)
+    gpu = fit(load_recipe("debug", [*common, "device=cuda", f"train.precision={precision}"]), tmp_path / "gpu",
+              progress=False)
+    a, b = read_json(cpu / "eval_test.json"), read_json(gpu / "eval_test.json")
+    assert math.isfinite(b["nll"])
+    assert b["nll"] == pytest.approx(a["nll"], rel=0.05)

@@ -192,9 +192,10 @@ class TrainConfig:
     keep_checkpoints: int = key(2, ge=1)  # last N checkpoints kept in checkpoints/
     max_bad_steps: int = key(10, ge=1)  # steps with a non-finite loss or gradient are skipped; stop after this many
     num_threads: int | None = key(None, ge=1)  # torch CPU threads for the training loop (None: torch's default)
-    # fp32 | bf16 (autocast: bf16 matrix products, fp32 parameters and loss) | auto (bf16 where the device has
-    # native bf16: AMX/AVX512-BF16 CPUs, bf16 CUDA devices). Evaluation is fp32 whatever this says.
-    precision: str = key("fp32", choices=("fp32", "bf16", "auto"))
+    # fp32 | bf16 (autocast: bf16 matrix products, fp32 parameters and loss) | fp16 (CUDA only, with a
+    # GradScaler) | auto (bf16 where the device has native bf16: AMX/AVX512-BF16 CPUs, bf16 CUDA devices).
+    # Evaluation is fp32 whatever this says.
+    precision: str = key("fp32", choices=("fp32", "bf16", "fp16", "auto"))
 
 
 @dataclass
@@ -211,6 +212,8 @@ class CriticConfig:
     proj_dim: int = key(64, ge=1)  # neural/hybrid: shared projection space
     share_encoder: bool = False  # hybrid: share the whole inference encoder (keys = MLP on its h), not only the embedding
     queue_size: int = key(0, ge=0)  # past x-keys (neural/hybrid) or posteriors (self) as extra negatives (MoCo-style)
+    # under torchrun: score each rank's rows against the whole global batch (ceiling log B) | its own rows only
+    negatives: str = key("global", choices=("global", "local"))
     optimizer: str = key("same", choices=("same", "adam"))  # a parameter group of the model's optimiser | its own Adam
     lr: float | None = key(None, gt=0.0)  # the critic's own parameters (None: the model's / 1e-3 for adam)
 

@@ -66,6 +66,19 @@ class Batch:
             None if shared else self.encoder_attention_mask.to(device),
         )
 
+    def rows(self, index: slice) -> Batch:
+        """The batch's rows ``index`` (a data-parallel rank's share), padded as the whole batch is."""
+        shared = self.encoder_input_ids is self.input_ids
+        return Batch(
+            self.input_ids[index],
+            self.attention_mask[index],
+            self.lengths[index],
+            self.indices[index],
+            None if self.class_labels is None else self.class_labels[index],
+            None if shared else self.encoder_input_ids[index],
+            None if shared else self.encoder_attention_mask[index],
+        )
+
     @property
     def num_predicted_tokens(self) -> int:
         """Words + ``</s>`` per sequence, not ``<s>`` (He et al.'s perplexity convention)."""

@@ -170,8 +170,11 @@ class TextVAE(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 encoder_input_ids: torch.Tensor | None = None,
-                encoder_attention_mask: torch.Tensor | None = None) -> VAEOutput:
+                encoder_attention_mask: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> VAEOutput:
         """One reparameterised sample per sequence. Shape: (B, T) → VAEOutput with (B,) terms.
+
+        ``noise``: the standard-normal ε of z = μ + σ·ε, (B, D); drawn here when None (a data-parallel
+        rank passes its rows of the global batch's noise, :func:`textvae.distributed.global_noise`).
 
         ``encoder_input_ids`` / ``encoder_attention_mask``: the encoder's own tokenization of
         the same sequences when it differs from the decoder's (a pretrained encoder,
@@ -185,7 +188,10 @@ class TextVAE(nn.Module):
             encoder_input_ids, encoder_attention_mask = input_ids, attention_mask
         h = self.encoder(encoder_input_ids, encoder_attention_mask)  # (B, H)
         posterior = self.posterior(h)
-        z = posterior.rsample()  # (B, D)
+        if noise is None:
+            z = posterior.rsample()  # (B, D)
+        else:
+            z = posterior.base_dist.loc + noise * posterior.base_dist.scale  # rsample's own expression
         rec = self.reconstruction_nll(input_ids, z)
         kl = kl_divergence(posterior, self.prior())  # (B,), analytic
         return VAEOutput(rec, kl, z, posterior, h)

@@ -16,8 +16,10 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 from .config import CriticConfig, TrainConfig
+from .distributed import World, gather_rows, shard_rows
 from .model import VAEOutput
 from .modules.critics import info_nce
+from .modules.posterior import diagonal_gaussian
 
 
 def total_train_steps(steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -143,15 +145,32 @@ def critic_weight(step: int, cfg: CriticConfig) -> float:
     return cfg.weight * min(1.0, step / cfg.warmup_steps)
 
 
-def critic_term(critic, out: VAEOutput, input_ids: torch.Tensor, attention_mask: torch.Tensor, cfg: CriticConfig):
+def critic_term(critic, out: VAEOutput, input_ids: torch.Tensor, attention_mask: torch.Tensor, cfg: CriticConfig,
+                world: World | None = None, global_rows: int = 0):
     """InfoNCE of the critic on this batch (Menon et al. 2022): loss, accuracy, and the MI lower bound.
 
     The critic sees the same reparameterised z as the decoder (or the posterior
     mean with ``critic.z=mean``), so its gradient reaches the encoder; the decoder
     takes no part. Returns (loss, acc, log C − loss) with C candidates per row.
+
+    On a data-parallel rank (``world``, its share of a global batch of ``global_rows``) with
+    ``critic.negatives=global``, the latents, posteriors and sequences of every rank are
+    gathered (with gradients) and the rank's rows are scored against the whole global batch,
+    so InfoNCE and its log C ceiling are those of one process; ``local`` scores the rank's rows alone.
     """
     z = out.z if cfg.z == "sample" else out.posterior.base_dist.loc
-    scores = critic(z, out.posterior, input_ids, attention_mask, encoder_h=out.h)  # (B, C)
-    loss, acc = info_nce(scores, cfg.symmetric)
+    posterior, h, rows = out.posterior, out.h, None
+    if world is not None and world.distributed and cfg.negatives == "global":
+        # every rank scores its rows against the whole global batch; gradients flow back through the gather
+        def gather(t):
+            return gather_rows(t, world, global_rows)
+
+        z, loc, scale = gather(z), gather(posterior.base_dist.loc), gather(posterior.base_dist.scale)
+        input_ids, attention_mask = gather(input_ids), gather(attention_mask)
+        h = None if h is None else gather(h)
+        posterior = diagonal_gaussian(loc, scale)
+        rows = shard_rows(global_rows, world)
+    scores = critic(z, posterior, input_ids, attention_mask, encoder_h=h)  # (B, C)
+    loss, acc = info_nce(scores, cfg.symmetric, rows)
     bound = math.log(scores.size(1)) - loss.detach()
     return loss, acc, bound

@@ -1,11 +1,13 @@
-"""Training precision: ``train.precision`` = fp32 | bf16 | auto, through ``torch.autocast``.
+"""Training precision: ``train.precision`` = fp32 | bf16 | fp16 | auto, through ``torch.autocast``.
 
 ``bf16`` runs the matrix products (linear layers, LSTMs, the output layer) in
 bfloat16 under autocast while the parameters, the optimiser, the softmax and the
 loss stay in fp32. ``auto`` picks bf16 only where the device computes it fast: a
 CUDA device that supports it, or a CPU with AMX-BF16 or AVX512-BF16 (the native
 bf16 dot products that oneDNN uses); fp32 elsewhere. Evaluation (the protocol's
-figures) is always fp32.
+figures) is always fp32. ``fp16`` is for CUDA devices only: its narrow range needs
+loss scaling (:func:`grad_scaler`, ``torch.amp.GradScaler``), and an overflowing step is
+skipped by the scaler as a matter of course, not counted as a fault.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import contextlib
 from functools import lru_cache
 
 import torch
+
+from .errors import TextVAEError
 
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 arithmetic
 
@@ -41,14 +45,24 @@ def bf16_is_fast(device: torch.device, flags: frozenset[str] | None = None) -> b
 
 
 def resolve_precision(name: str, device: torch.device, flags: frozenset[str] | None = None) -> str:
-    """``fp32`` or ``bf16`` for ``train.precision`` ``name`` on ``device``."""
+    """``fp32``, ``bf16`` or ``fp16`` for ``train.precision`` ``name`` on ``device``."""
     if name == "auto":
         return "bf16" if bf16_is_fast(device, flags) else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise TextVAEError(f"train.precision=fp16 needs a CUDA device (this run is on {device}); use bf16 or fp32")
     return name
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast(precision: str, device: torch.device):
     """The context a training step's forward pass runs in."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision in DTYPES:
+        return torch.autocast(device.type, dtype=DTYPES[precision])
     return contextlib.nullcontext()
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16's loss scaler; None for the other precisions, which need none."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None

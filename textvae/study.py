@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .checkpoint import atomic_write_text, latest_checkpoint, read_json
 from .config import load_recipe
+from .distributed import main_process
 from .errors import TextVAEError
 from .methods import method_overrides
 from .tracking import read_metrics
@@ -53,9 +54,10 @@ def run_study(
     summary = summarise(runs)
     study = {"recipe": recipe, "methods": methods, "seeds": seeds, "overrides": overrides,
              "summary": summary, "runs": runs}
-    atomic_write_text(out / "study.json", json.dumps(study, indent=2) + "\n")
-    atomic_write_text(out / "study.md", to_markdown(study))
-    plot_study(runs, out / "curves.png")
+    if main_process():  # under torchrun every rank trained each run; rank 0 writes the study
+        atomic_write_text(out / "study.json", json.dumps(study, indent=2) + "\n")
+        atomic_write_text(out / "study.md", to_markdown(study))
+        plot_study(runs, out / "curves.png")
     return study
 
 

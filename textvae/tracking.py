@@ -17,12 +17,18 @@ from .errors import TextVAEError, reading
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to ``metrics.jsonl`` and flushes each line."""
+    """Appends one JSON object per line to ``metrics.jsonl`` and flushes each line.
 
-    def __init__(self, path: Path):
+    ``enabled=False`` (a data-parallel rank other than 0) writes nothing.
+    """
+
+    def __init__(self, path: Path, enabled: bool = True):
         self.path = path
+        self.enabled = enabled
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with open(self.path, "a") as fh:
             fh.write(json.dumps(clean) + "\n")
@@ -32,7 +38,7 @@ class MetricsWriter:
 
         A last line cut short by a kill mid-write is dropped too; a damaged line anywhere else is an error.
         """
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         records = read_metrics(self.path, allow_partial_last=True)
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records if r.get("step", 0) <= step))

@@ -45,11 +45,27 @@ from .checkpoint import (
 )
 from .config import Config, TrainConfig
 from .data import TextDataset
+from .distributed import (
+    World,
+    agree,
+    all_sum,
+    average_gradients,
+    barrier,
+    broadcast,
+    global_noise,
+    launched,
+    loss_scale,
+    rank_stream,
+    setup,
+    shard,
+    shard_rows,
+    wrap,
+)
 from .errors import TextVAEError, TrainingInterrupted
 from .evaluate import EvalResult, evaluate
 from .modules.critics import build_critic
 from .objectives import critic_term, critic_weight, negative_elbo
-from .precision import autocast, resolve_precision
+from .precision import autocast, grad_scaler, resolve_precision
 from .strategies import (
     ae_stage_over,
     aggressive_after_epoch,
@@ -118,7 +134,8 @@ def _lr_schedule(state: dict, val_loss: float, cfg: TrainConfig) -> bool:
 
 
 def train_step(model, critic, batch, cfg: Config, kl_w: float, critic_w: float, optimizer, critic_optimizer,
-               critic_params, update: str = "all", precision: str = "fp32") -> dict[str, float]:
+               critic_params, update: str = "all", precision: str = "fp32", world: World | None = None,
+               step: int = 0, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """One update on ``rec + kl_w · KL (+ critic_w · InfoNCE)``; returns the batch's sums for logging.
 
     Sums (not means) of loss, rec, kl, critic_loss, critic_acc, critic_mi_bound over the
@@ -131,43 +148,72 @@ def train_step(model, critic, batch, cfg: Config, kl_w: float, critic_w: float, 
 
     A non-finite loss or gradient norm moves nothing: the step is skipped and the sums are
     ``{"bad_steps": 1}``. ``train.grad_clip = 0`` computes the norm without clipping. ``precision``
-    (``fp32`` or ``bf16``, :mod:`textvae.precision`) is the autocast of the forward pass.
+    (``fp32``, ``bf16`` or ``fp16``, :mod:`textvae.precision`) is the autocast of the forward pass; fp16
+    brings its ``scaler``, whose overflowing steps are skipped (``{"overflow_steps": 1}``), not counted bad.
+
+    Under ``torchrun`` (``world``; ``model`` wrapped in DDP) ``batch`` is the global batch: this rank
+    trains on its rows (:mod:`textvae.distributed`), with its rows of the global batch's noise, and
+    the returned sums are those of the global batch. ``step`` seeds the rank's own random stream.
     """
-    with autocast(precision, batch.input_ids.device):
-        out = model(batch.input_ids, batch.attention_mask, batch.encoder_input_ids, batch.encoder_attention_mask)
-    loss = negative_elbo(out, kl_w, cfg.train.free_bits, cfg.train.free_bits_mode)
-    b = batch.input_ids.size(0)
-    sums = {"rec": float(out.rec.detach().sum()), "kl": float(out.kl.detach().sum()), "n": b}
-    if critic is not None:  # the critic reads x as the encoder does (it may share the encoder's embedding)
-        # A decoder-only step cannot use the critic term (it never reaches the decoder): it is only logged, so
-        # the step, and its gradient clipping, is He et al.'s decoder step on the ELBO alone.
-        with torch.set_grad_enabled(update != "decoder"), autocast(precision, batch.input_ids.device):
-            c_loss, c_acc, c_bound = critic_term(critic, out, batch.encoder_input_ids,
-                                                 batch.encoder_attention_mask, cfg.critic)
-        if update != "decoder":
-            loss = loss + critic_w * c_loss
-        sums.update(critic_loss=float(c_loss.detach()) * b, critic_acc=float(c_acc) * b,
-                    critic_mi_bound=float(c_bound) * b)
+    world = world or World()
+    core = getattr(model, "module", model)  # the TextVAE inside a DDP wrapper
+    global_rows = batch.input_ids.size(0)
+    noise = None
+    if world.distributed and core.latent_dim:
+        rows = shard_rows(global_rows, world)
+        noise = global_noise(global_rows, core.latent_dim, rows, next(core.parameters()).float())
+    batch = shard(batch, world)
+    with rank_stream(world, cfg.seed, step):
+        with autocast(precision, batch.input_ids.device):
+            out = model(batch.input_ids, batch.attention_mask, batch.encoder_input_ids,
+                        batch.encoder_attention_mask, noise=noise)
+        loss = negative_elbo(out, kl_w, cfg.train.free_bits, cfg.train.free_bits_mode)
+        b = batch.input_ids.size(0)
+        sums = {"rec": float(out.rec.detach().sum()), "kl": float(out.kl.detach().sum()), "n": b}
+        if critic is not None:  # the critic reads x as the encoder does (it may share the encoder's embedding)
+            # A decoder-only step cannot use the critic term (it never reaches the decoder): it is only logged,
+            # so the step, and its gradient clipping, is He et al.'s decoder step on the ELBO alone.
+            with torch.set_grad_enabled(update != "decoder"), autocast(precision, batch.input_ids.device):
+                c_loss, c_acc, c_bound = critic_term(critic, out, batch.encoder_input_ids,
+                                                     batch.encoder_attention_mask, cfg.critic, world, global_rows)
+            if update != "decoder":
+                loss = loss + critic_w * c_loss
+            sums.update(critic_loss=float(c_loss.detach()) * b, critic_acc=float(c_acc) * b,
+                        critic_mi_bound=float(c_bound) * b)
     sums["loss"] = float(loss.detach()) * b
+    sums = all_sum(sums, world, batch.input_ids.device)  # the global batch's sums: every rank decides alike
     optimizer.zero_grad(set_to_none=True)
     if critic_optimizer is not None:
         critic_optimizer.zero_grad(set_to_none=True)
     if not math.isfinite(sums["loss"]):
         return {"bad_steps": 1}
-    loss.backward()
+    if world.distributed:
+        loss = loss * loss_scale(b, global_rows, world)
+    optimizers = [o for o in (optimizer, critic_optimizer) if o is not None]
+    (loss if scaler is None else scaler.scale(loss)).backward()  # under DDP: gradients averaged over ranks here
+    average_gradients(critic_params, world)
+    for opt in optimizers if scaler is not None else ():
+        scaler.unscale_(opt)  # clipping sees the true gradients
     clip = cfg.train.grad_clip or math.inf
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    norm = torch.nn.utils.clip_grad_norm_(core.parameters(), clip)
     critic_norm = torch.nn.utils.clip_grad_norm_(critic_params, clip) if critic_params else norm
     if not (torch.isfinite(norm) and torch.isfinite(critic_norm)):
-        optimizer.zero_grad(set_to_none=True)
-        if critic_optimizer is not None:
-            critic_optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        if scaler is not None:  # fp16 overflowed: the scaler lowers its scale and the step is skipped
+            scaler.update()
+            return {"overflow_steps": 1}
         return {"bad_steps": 1}
-    for param in frozen_parameters(model, critic_params, update):
+    for param in frozen_parameters(core, critic_params, update):
         param.grad = None  # SGD and Adam skip a parameter without a gradient
-    optimizer.step()
-    if critic_optimizer is not None and update != "decoder":
-        critic_optimizer.step()
+    stepped = [optimizer] + ([critic_optimizer] if critic_optimizer is not None and update != "decoder" else [])
+    for opt in stepped:
+        if scaler is None:
+            opt.step()
+        else:
+            scaler.step(opt)
+    if scaler is not None:
+        scaler.update()
     return sums
 
 
@@ -226,12 +272,20 @@ def fit(
     """
     run = Path(output_dir)
     check_output_dir(run, resume=resume, overwrite=overwrite)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    if launched() and cfg.train.aggressive:
+        raise TextVAEError("train.aggressive cannot run under torchrun: its encoder inner loop draws batches "
+                           "on one process (run it without torchrun)")
+    world, device = setup(resolve_device(cfg.device))
+    resolve_precision(cfg.train.precision, device)  # fp16 off CUDA is refused before anything is written
+    torch.manual_seed(cfg.seed)  # the same on every rank: the shared stream of the reparameterisation noise
     random.seed(cfg.seed)
     ckpt = None
-    if resume:
-        ckpt, model, tokenizer, state = resume_point(run, device)
+    if resume:  # rank 0 first: it alone may set a damaged checkpoint aside
+        if world.main:
+            ckpt, model, tokenizer, state = resume_point(run, device)
+        barrier(world)
+        if not world.main:
+            ckpt, model, tokenizer, state = resume_point(run, device)
     datasets, tokenizer = build_datasets(cfg, tokenizer if ckpt else None)
     if not ckpt:
         model = build_model(cfg, tokenizer).to(device)
@@ -248,50 +302,68 @@ def fit(
             critic_optimizer.load_state_dict(state["critic_optimizer"])
         _set_rng_state(state["rng"])
     cfg = record_data_files(cfg, datasets)
-    if not resume:
-        claim_run_dir(run)  # every input has passed its checks: only now is an old run replaced
-    save_config(run, cfg)  # on --resume too: the config this continuation runs with
+    if world.main:
+        if not resume:
+            claim_run_dir(run)  # every input has passed its checks: only now is an old run replaced
+        save_config(run, cfg)  # on --resume too: the config this continuation runs with
+    barrier(world)
     log.info(f"training {cfg.name} (method {cfg.method}) into {run}: {len(datasets['train'])} training "
              f"sequences, vocabulary {tokenizer.vocab_size}, {sum(p.numel() for p in model.parameters()):,} "
              f"parameters, {device}, {resolve_precision(cfg.train.precision, device)}"
-             + (f", resumed from {ckpt.name}" if ckpt else ""))
+             + (f", resumed from {ckpt.name}" if ckpt else "")
+             + (f", {world.size} data-parallel ranks" if world.distributed else ""))
     default_threads = torch.get_num_threads()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)  # the training loop only; evaluation uses every core
     try:
         with stop_on_sigint() as interrupted:
             _train(run, cfg, model, tokenizer, critic, optimizer, critic_optimizer, datasets, state, device,
-                   progress, interrupted)
+                   progress and world.main, interrupted, world)
     finally:
         torch.set_num_threads(default_threads)
-    final_evaluation(run, cfg, datasets["test"], device, progress)
-    plot_training_curves(run / "metrics.jsonl", run / "curves.png")
+    if world.main:  # the test figures are rank 0's; the other ranks wait for them
+        final_evaluation(run, cfg, datasets["test"], device, progress)
+        plot_training_curves(run / "metrics.jsonl", run / "curves.png")
+    barrier(world)
     return run
 
 
 def _train(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_optimizer, datasets, state: dict,
-           device, progress: bool, interrupted: threading.Event) -> None:
-    """The epoch loop of :func:`fit`, from ``state`` (fresh or a checkpoint's) to the end of training."""
+           device, progress: bool, interrupted: threading.Event, world: World | None = None) -> None:
+    """The epoch loop of :func:`fit`, from ``state`` (fresh or a checkpoint's) to the end of training.
+
+    Under torchrun every rank runs this loop on the same global batches; rank 0 alone writes, and the
+    decisions that depend on a clock or a signal (budget, Ctrl-C) are agreed on by all ranks each step.
+    """
+    world = world or World()
     critic_params = critic_own_parameters(critic, model)
-    metrics = MetricsWriter(run / "metrics.jsonl")
+    trained = wrap(model, world, device)  # the module the steps run (DDP under torchrun)
+    metrics = MetricsWriter(run / "metrics.jsonl", enabled=world.main)
     metrics.truncate_after(state["step"])
     train_set, valid_set = datasets["train"], datasets["valid"]
     tc = cfg.train
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
     precision = resolve_precision(tc.precision, device)
+    scaler = grad_scaler(precision, device)
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     max_steps = tc.max_steps or math.inf
     max_seconds = 60 * tc.max_train_minutes if tc.max_train_minutes else math.inf  # a CPU-time budget
 
     def budget_spent(running_seconds: float = 0.0) -> bool:
         return state["step"] >= max_steps or state["train_seconds"] + running_seconds >= max_seconds
 
-    def checkpoint() -> Path:
+    def checkpoint() -> Path | None:
+        if not world.main:
+            return None
         state["optimizer"] = optimizer.state_dict()
         if critic is not None:
             state["critic"] = critic.state_dict()
         if critic_optimizer is not None:
             state["critic_optimizer"] = critic_optimizer.state_dict()
         state["rng"] = _rng_state()
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
         return save_checkpoint(run, model, tokenizer, state, tc.keep_checkpoints)
 
     def counted(step):
@@ -328,17 +400,17 @@ def _train(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_o
         for batch in bar:
             batch = batch.to(device)
             weight = stage_kl_weight(state, steps_per_epoch, tc)
-            step = counted(functools.partial(train_step, model, critic, cfg=cfg, kl_w=weight,
+            step = counted(functools.partial(train_step, trained, critic, cfg=cfg, kl_w=weight,
                                              critic_w=critic_weight(state["step"], cfg.critic), optimizer=optimizer,
                                              critic_optimizer=critic_optimizer, critic_params=critic_params,
-                                             precision=precision))
+                                             precision=precision, world=world, step=state["step"], scaler=scaler))
             if state["aggressive"]:  # He et al. 2019: the encoder catches up first, then one decoder step
                 draw = functools.partial(_random_batch, batches, device)
                 n_enc = aggressive_encoder_updates(step, batch, draw, tc)
                 state["encoder_steps"] += n_enc
                 sums["encoder_steps"] += n_enc
             batch_sums = step(batch, update="decoder" if state["aggressive"] else "all")
-            if not batch_sums.get("bad_steps"):
+            if not batch_sums.get("bad_steps") and not batch_sums.get("overflow_steps"):
                 for key, value in batch_sums.items():
                     sums[key] += value
                 tokens += batch.num_predicted_tokens
@@ -359,6 +431,10 @@ def _train(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_o
                 bar.set_postfix(loss=f"{sums['loss'] / n:.2f}", kl=f"{sums['kl'] / n:.2f}")
             mid_epoch = state["batch_in_epoch"] < len(batches)
             every = tc.checkpoint_every_steps
+            agreed = agree({"interrupted": interrupted.is_set(),
+                            "spent": budget_spent(time.perf_counter() - part_start)}, world, device)
+            if agreed["interrupted"]:
+                interrupted.set()
             if mid_epoch and (interrupted.is_set() or (every and state["step"] % every == 0)):
                 state["epoch_progress"] = dict(sums=dict(sums), tokens=tokens, seconds=time.perf_counter() - t0,
                                                first_batch=first_batch)
@@ -369,13 +445,14 @@ def _train(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_o
                 if interrupted.is_set():
                     raise TrainingInterrupted(f"interrupted at step {state['step']}: checkpoint written to {path}; "
                                               "run the same command with --resume to continue")
-            if budget_spent(time.perf_counter() - part_start):
+            if agreed["spent"]:
                 stop = True
                 break
         seconds = time.perf_counter() - t0
         state["train_seconds"] += time.perf_counter() - part_start
         val = evaluate(model, valid_set, cfg.eval, device, iw=False, seed=cfg.seed, progress=False)
         val_loss = val.rec if state["stage"] == "ae" else -val.elbo  # an autoencoder is selected by rec (Li et al.)
+        val_loss = broadcast(val_loss, world)  # the lr rule, early stopping and reloads follow rank 0
         whole_epoch = state["batch_in_epoch"] >= len(batches)
         switched_off = whole_epoch and aggressive_after_epoch(state, val.mi_batch)
         record = {"split": "valid", "step": state["step"], "epoch": state["epoch"] + 1, "loss": val_loss,
@@ -392,7 +469,9 @@ def _train(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_o
                            "encoder_steps": state["encoder_steps"]})
         if val_loss < state["best_val"]:
             state["best_val"] = val_loss
-            save_model_dir(model, tokenizer, run / MODEL_DIR)
+            if world.main:
+                save_model_dir(model, tokenizer, run / MODEL_DIR)
+            barrier(world)  # before any rank reloads the best model
         if whole_epoch:  # the lr rule applies
             if _lr_schedule(state, val_loss, tc):
                 best, _ = load_model_dir(run / MODEL_DIR, device)
@@ -410,7 +489,7 @@ def _train(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_o
                 optimizer, _ = make_optimizers(model, critic, cfg, state["lr"])
                 stop = budget_spent()  # the lr decays of the AE stage do not end the run
         path = checkpoint()
-        if interrupted.is_set():
+        if agree({"interrupted": interrupted.is_set()}, world, device)["interrupted"]:
             raise TrainingInterrupted(f"interrupted at step {state['step']}: checkpoint written to {path}; "
                                       "run the same command with --resume to continue")
 

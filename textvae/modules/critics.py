@@ -33,19 +33,24 @@ from .encoders import LSTMEncoder
 from .posterior import diagonal_gaussian, pairwise_log_prob
 
 
-def info_nce(scores: torch.Tensor, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def info_nce(scores: torch.Tensor, symmetric: bool = False, rows: slice | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of each row of ``scores`` against its diagonal, and the row accuracy.
 
     Extra columns beyond B (queued negatives) are only ever wrong answers. With
     ``symmetric``, the column loss (each x picks its z among the batch) is averaged in.
+    ``rows``: only these rows (and, with ``symmetric``, these columns) enter the means, as
+    on a data-parallel rank that scores its share of the global batch against all of it.
     Shape: scores (B, C) with C ≥ B → (scalar loss, scalar accuracy).
     """
-    target = torch.arange(scores.size(0), device=scores.device)
-    loss = F.cross_entropy(scores, target)
+    b = scores.size(0)
+    rows = rows or slice(0, b)
+    target = torch.arange(b, device=scores.device)[rows]
+    own = scores[rows]
+    loss = F.cross_entropy(own, target)
     if symmetric:
-        b = scores.size(0)
-        loss = 0.5 * (loss + F.cross_entropy(scores[:, :b].T, target))
-    acc = (scores.argmax(dim=1) == target).float().mean()
+        loss = 0.5 * (loss + F.cross_entropy(scores[:, :b].T[rows], target))
+    acc = (own.argmax(dim=1) == target).float().mean()
     return loss, acc
 
 
