@@ -255,7 +255,9 @@ with torch.inference_mode():
     q = model.encode(ids, torch.ones_like(ids))
     chunk = iw_chunk_size(EvalConfig().max_chunk_logits, 32, 202, 20000)
     iw_log_weights(model, q, ids, 2 * chunk, chunk)
-print(json.dumps({"before_kib": base, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+# VmHWM: this process's own peak (ru_maxrss would carry the benchmark's, inherited through fork)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"before_kib": base, "peak_kib": hwm}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     mem = json.loads(out.strip().splitlines()[-1])

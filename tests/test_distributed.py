@@ -131,6 +131,7 @@ def test_two_ranks_train_the_one_process_run_and_rank_0_alone_writes(tmp_path, o
     assert listing == sorted(str(p.relative_to(one_process_run)) for p in one_process_run.rglob("*"))
     assert "2 data-parallel ranks" in proc.stderr
     assert proc.stderr.count("training debug") == 1  # one voice: rank 0 logs
+    assert proc.stdout.count("test results for") == 1  # and reports
 
 
 def test_killed_two_rank_run_resumes_under_two_ranks_to_the_uninterrupted_run(tmp_path, one_process_run):
@@ -162,6 +163,18 @@ def test_a_one_process_checkpoint_resumes_under_two_ranks_to_the_same_run(tmp_pa
     done = torchrun("-m", "textvae", "train", "debug", *COMMON, "-o", str(run), "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     assert_close_runs(run, one_process_run)
+
+
+def test_eval_sharded_over_two_ranks_gives_the_one_process_figures(one_process_run):
+    """Batches dealt round-robin, the skipped batches' random draws replayed: the same IW samples per
+    sentence, so the same figures as the one-process evaluation that wrote eval_test.json."""
+    proc = torchrun("-m", "textvae", "eval", str(one_process_run), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # rank 0 alone prints
+    sharded, single = json.loads(lines[0]), read_json(one_process_run / "eval_test.json")
+    for key in ("nll", "nll_stderr", "ppl", "elbo", "rec", "kl", "mi", "mi_batch", "au", "num_sequences"):
+        assert sharded[key] == pytest.approx(single[key], rel=1e-6, abs=1e-7), key
 
 
 def test_aggressive_training_refuses_torchrun_in_one_line_before_anything_is_written(tmp_path, monkeypatch):

@@ -64,12 +64,14 @@ def train(
 ):
     """Train a model from a recipe, then evaluate the best one on the test split."""
     from .checkpoint import read_json
+    from .distributed import main_process
     from .train import fit
 
     cfg = load_recipe(recipe, overrides or [])
     run = fit(cfg, output_dir or Path("runs") / cfg.name, resume=resume, overwrite=overwrite)
-    result = read_json(run / "eval_test.json")
-    typer.echo(format_result(result, f"test results for {run} (method {cfg.method})"))
+    if main_process():  # under torchrun, rank 0 reports
+        result = read_json(run / "eval_test.json")
+        typer.echo(format_result(result, f"test results for {run} (method {cfg.method})"))
 
 
 @app.command()
@@ -81,11 +83,13 @@ def study(
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="study directory (reused to resume)"),
 ):
     """Train every method × seed under the same budget; write study.json, study.md and curves.png."""
+    from .distributed import main_process
     from .study import run_study, to_markdown
 
     result = run_study(recipe, [m.strip() for m in methods.split(",") if m.strip()], seeds, overrides or [],
                        output_dir)
-    typer.echo(to_markdown(result), nl=False)
+    if main_process():
+        typer.echo(to_markdown(result), nl=False)
 
 
 @app.command("eval")
@@ -101,6 +105,7 @@ def eval_cmd(
     """Evaluate a run's best model under the protocol (nll, ppl, elbo, kl, mi, mi_batch, au)."""
     from .builders import build_datasets, resolve_device
     from .checkpoint import load_run
+    from .distributed import setup
     from .evaluate import evaluate
 
     if split not in ("test", "valid"):
@@ -125,7 +130,12 @@ def eval_cmd(
     dataset = datasets[split]
     if limit is not None:
         dataset = dataset.subset(limit)
-    result = evaluate(model, dataset, cfg.eval, device, seed=cfg.seed, progress=not as_json).to_dict()
+    world, device = setup(device)  # under torchrun the batches are sharded over the ranks; rank 0 prints
+    model = model.to(device)
+    result = evaluate(model, dataset, cfg.eval, device, seed=cfg.seed, progress=not as_json and world.main,
+                      world=world).to_dict()
+    if not world.main:
+        return
     if as_json:
         typer.echo(json.dumps(result))
     else:

@@ -55,15 +55,23 @@ class Batch:
             self.encoder_input_ids, self.encoder_attention_mask = self.input_ids, self.attention_mask
 
     def to(self, device: torch.device | str) -> Batch:
+        """The batch on ``device``; to a GPU through pinned memory, with asynchronous copies."""
         shared = self.encoder_input_ids is self.input_ids
+        cuda = torch.device(device).type == "cuda"
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            if cuda and t.device.type == "cpu":
+                return t.pin_memory().to(device, non_blocking=True)
+            return t.to(device)
+
         return Batch(
-            self.input_ids.to(device),
-            self.attention_mask.to(device),
-            self.lengths.to(device),
-            self.indices.to(device),
-            None if self.class_labels is None else self.class_labels.to(device),
-            None if shared else self.encoder_input_ids.to(device),
-            None if shared else self.encoder_attention_mask.to(device),
+            move(self.input_ids),
+            move(self.attention_mask),
+            move(self.lengths),
+            move(self.indices),
+            None if self.class_labels is None else move(self.class_labels),
+            None if shared else move(self.encoder_input_ids),
+            None if shared else move(self.encoder_attention_mask),
         )
 
     def rows(self, index: slice) -> Batch:

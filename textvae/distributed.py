@@ -193,3 +193,12 @@ def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def gather_dicts(part: dict, world: World) -> dict:
+    """The union of every rank's ``part`` (disjoint keys; CPU tensors or other picklable values)."""
+    if not world.distributed:
+        return part
+    parts: list[dict | None] = [None] * world.size
+    dist.all_gather_object(parts, part)
+    return {k: v for p in parts for k, v in p.items()}

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from .config import EvalConfig
 from .data import TextDataset
+from .distributed import World, gather_dicts
 from .metrics import (
     active_units,
     iw_chunk_size,
@@ -53,6 +54,7 @@ def evaluate(
     iw: bool = True,
     seed: int = 0,
     progress: bool = True,
+    world: World | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``dataset``.
 
@@ -67,37 +69,60 @@ def evaluate(
     on it. It is reported for every tokenizer; for a word-level one, whose tokens are the
     whitespace words, it equals log ``ppl`` and ``ppl_per_word`` equals ``ppl``. It needs the
     dataset's texts (``TextDataset.from_texts``); without them both are None.
+
+    ``world`` (under torchrun): the batches are dealt round-robin to the ranks and the per-sequence
+    results gathered, so every rank returns the figures of a one-process evaluation. A rank draws,
+    and discards, the random numbers of the batches it does not evaluate (a few (K, B, D) normal
+    tensors), so each batch gets exactly the samples it gets in one process.
     """
     cfg = cfg or EvalConfig()
     # Seeded for reproducibility, in a forked RNG so the caller's stream (training) is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _evaluate(model, dataset, cfg, device, iw, seed, progress)
+        return _evaluate(model, dataset, cfg, device, iw, seed, progress, world or World())
 
 
-def _evaluate(model, dataset: TextDataset, cfg: EvalConfig, device, iw: bool, seed: int, progress: bool):
+def _skip_draws(batch, latent_dim: int, cfg: EvalConfig, iw: bool, vocab: int, device) -> None:
+    """The random draws :func:`_evaluate` makes for ``batch`` (the forward pass's z, then the IW samples
+    chunk by chunk), made and discarded: ``Normal.rsample`` and ``.sample`` draw as ``normal_`` does."""
+    b = batch.input_ids.size(0)
+    torch.empty(b, latent_dim, device=device).normal_()
+    if iw:
+        chunk = iw_chunk_size(cfg.max_chunk_logits, *batch.input_ids.shape, vocab)
+        for start in range(0, cfg.iw_samples, chunk):
+            torch.empty(min(chunk, cfg.iw_samples - start), b, latent_dim, device=device).normal_()
+
+
+def _evaluate(model, dataset: TextDataset, cfg: EvalConfig, device, iw: bool, seed: int, progress: bool,
+              world: World):
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     latent = model.latent_dim > 0
     vocab = model.config.vocab_size
-    nll, rec, kl, locs, scales = [], [], [], [], []
+    done: dict[int, dict[str, torch.Tensor]] = {}  # batch index → its per-sequence results
     batches = dataset.batches(cfg.batch_size)
-    for batch in tqdm(batches, desc="eval", leave=False, disable=None if progress else True):
+    for index, batch in enumerate(tqdm(batches, desc="eval", leave=False, disable=None if progress else True)):
         batch = batch.to(device)
+        if index % world.size != world.rank:  # another rank's batch
+            if latent:
+                _skip_draws(batch, model.latent_dim, cfg, iw, vocab, device)
+            continue
         out = model(batch.input_ids, batch.attention_mask, batch.encoder_input_ids, batch.encoder_attention_mask)
-        rec.append(out.rec.cpu())
-        kl.append(out.kl.cpu())
+        row = {"rec": out.rec.cpu(), "kl": out.kl.cpu()}
         if latent and iw:
             chunk = iw_chunk_size(cfg.max_chunk_logits, *batch.input_ids.shape, vocab)
             log_w = iw_log_weights(model, out.posterior, batch.input_ids, cfg.iw_samples, chunk)
-            nll.append(iw_nll_from_log_weights(log_w).cpu())
+            row["nll"] = iw_nll_from_log_weights(log_w).cpu()
         else:
-            nll.append((out.rec + out.kl).cpu())
+            row["nll"] = (out.rec + out.kl).cpu()
         if latent:
-            locs.append(out.posterior.base_dist.loc.cpu())
-            scales.append(out.posterior.base_dist.scale.cpu())
-    nll_t, rec_t, kl_t = torch.cat(nll), torch.cat(rec), torch.cat(kl)
+            row["loc"], row["scale"] = out.posterior.base_dist.loc.cpu(), out.posterior.base_dist.scale.cpu()
+        done[index] = row
+    done = gather_dicts(done, world)
+    ordered = [done[i] for i in range(len(batches))]
+    nll_t, rec_t, kl_t = (torch.cat([r[k] for r in ordered]) for k in ("nll", "rec", "kl"))
+    locs, scales = [r.get("loc") for r in ordered], [r.get("scale") for r in ordered]
     n = len(dataset)
     num_tokens = dataset.num_predicted_tokens
     if latent:

@@ -321,8 +321,8 @@ def fit(
                    progress and world.main, interrupted, world)
     finally:
         torch.set_num_threads(default_threads)
-    if world.main:  # the test figures are rank 0's; the other ranks wait for them
-        final_evaluation(run, cfg, datasets["test"], device, progress)
+    final_evaluation(run, cfg, datasets["test"], device, progress and world.main, world)  # sharded over ranks
+    if world.main:
         plot_training_curves(run / "metrics.jsonl", run / "curves.png")
     barrier(world)
     return run
@@ -450,7 +450,7 @@ def _train(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_o
                 break
         seconds = time.perf_counter() - t0
         state["train_seconds"] += time.perf_counter() - part_start
-        val = evaluate(model, valid_set, cfg.eval, device, iw=False, seed=cfg.seed, progress=False)
+        val = evaluate(model, valid_set, cfg.eval, device, iw=False, seed=cfg.seed, progress=False, world=world)
         val_loss = val.rec if state["stage"] == "ae" else -val.elbo  # an autoencoder is selected by rec (Li et al.)
         val_loss = broadcast(val_loss, world)  # the lr rule, early stopping and reloads follow rank 0
         whole_epoch = state["batch_in_epoch"] >= len(batches)
@@ -510,11 +510,15 @@ def _strategy_fields(state: dict, sums: dict, tc: TrainConfig) -> dict:
     return fields
 
 
-def final_evaluation(run: Path, cfg: Config, test_set: TextDataset, device, progress: bool = True) -> EvalResult:
-    """Evaluate the best model on the test split; write eval_test.json."""
+def final_evaluation(run: Path, cfg: Config, test_set: TextDataset, device, progress: bool = True,
+                     world: World | None = None) -> EvalResult:
+    """Evaluate the best model on the test split (sharded over the ranks under torchrun); rank 0 writes
+    eval_test.json."""
+    world = world or World()
     model, _ = load_model_dir(run / MODEL_DIR, device)
     t0 = time.perf_counter()
-    result = evaluate(model, test_set, cfg.eval, device, iw=True, seed=cfg.seed, progress=progress)
+    result = evaluate(model, test_set, cfg.eval, device, iw=True, seed=cfg.seed, progress=progress, world=world)
     record = {"split": "test", **result.to_dict(), "seconds": time.perf_counter() - t0}
-    atomic_write_text(run / "eval_test.json", json.dumps(record, indent=2) + "\n")
+    if world.main:
+        atomic_write_text(run / "eval_test.json", json.dumps(record, indent=2) + "\n")
     return result
