@@ -45,6 +45,10 @@ TINY = dict(vocab_size=30, embed_dim=8, enc_hidden_dim=8, dec_hidden_dim=8, late
             dec_dropout_in=0.0, dec_dropout_out=0.0)
 
 
+# Tests that can run on a GPU are parametrised over these; "cuda" appears only where a CUDA device is.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
 def make_model(seed: int = 0, **overrides) -> TextVAE:
     """A tiny seeded model in eval mode."""
     torch.manual_seed(seed)

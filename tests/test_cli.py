@@ -13,8 +13,9 @@ import subprocess
 
 import pytest
 from conftest import DEBUG_DIR, SMALL_TEXT, assert_one_line_error, run_cli, write_corpus
+from omegaconf import OmegaConf
 
-from textvae.config import list_recipes, recipe_path
+from textvae.config import ModelConfig, list_recipes, load_recipe, recipe_path, to_yaml
 from textvae.methods import METHODS, method_table
 from textvae.tracking import read_metrics
 
@@ -103,6 +104,18 @@ def test_recipes_list_show_copy(cli_main, tmp_path):
     assert_one_line_error(*cli_main("recipes", "copy", "debug", dest)[::2], str(dest), "already exists")
     assert dest.read_text() == "# my edits\n"
     assert_one_line_error(*cli_main("recipes", "show", "ptbb")[::2], "unknown recipe 'ptbb'", "did you mean 'ptb'")
+
+
+def test_recipes_show_resolved_is_the_config_a_run_stores(cli_main, tmp_path):
+    args = ["method=critic-self", "train.lr=0.01"]
+    code, out, _ = cli_main("recipes", "show", "debug", *args, "--resolved")
+    assert code == 0
+    assert out == to_yaml(load_recipe("debug", args))  # defaults, preset, method and overrides merged
+    shown = OmegaConf.to_container(OmegaConf.create(out))
+    assert shown["critic"]["type"] == "self" and shown["train"]["lr"] == 0.01
+    assert shown["model"]["embed_dim"] == ModelConfig.from_preset("lstm-tiny").embed_dim  # from the preset
+    assert_one_line_error(*cli_main("recipes", "show", "debug", "train.lr=-1", "--resolved")[::2], "train.lr")
+    assert_one_line_error(*cli_main("recipes", "show", "debug", "train.lr=1")[::2], "--resolved")
 
 
 def test_methods_list(cli_main):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import random_ids
+from conftest import DEVICES, random_ids
 
 from textvae.config import EvalConfig
 from textvae.data import TextDataset
@@ -36,13 +36,14 @@ def test_eval_result_fields_follow_the_protocol(informative_model, tiny_dataset)
     assert d["nll"] < -d["elbo"]
 
 
-def test_evaluate_is_reproducible_and_restores_training_mode(informative_model, tiny_dataset):
+@pytest.mark.parametrize("device", DEVICES)
+def test_evaluate_is_reproducible_and_restores_training_mode(informative_model, tiny_dataset, device):
     cfg = EvalConfig(iw_samples=10, batch_size=4)
-    informative_model.train()
-    a = evaluate(informative_model, tiny_dataset, cfg, seed=3, progress=False)
+    informative_model.to(device).train()
+    a = evaluate(informative_model, tiny_dataset, cfg, device, seed=3, progress=False)
     assert informative_model.training
-    b = evaluate(informative_model, tiny_dataset, cfg, seed=3, progress=False)
-    c = evaluate(informative_model, tiny_dataset, cfg, seed=4, progress=False)
+    b = evaluate(informative_model, tiny_dataset, cfg, device, seed=3, progress=False)
+    c = evaluate(informative_model, tiny_dataset, cfg, device, seed=4, progress=False)
     assert a == b
     assert a.nll != c.nll  # the seed does drive the samples
 
@@ -67,16 +68,18 @@ def test_small_logit_chunks_give_the_same_distribution(informative_model, tiny_d
     assert small.iw_samples == 30
 
 
-def test_lm_evaluation_is_exact_and_batch_independent(lm_model, tiny_dataset):
-    a = evaluate(lm_model, tiny_dataset, EvalConfig(batch_size=1), progress=False)
-    b = evaluate(lm_model, tiny_dataset, EvalConfig(batch_size=5), progress=False)  # padded batches
+@pytest.mark.parametrize("device", DEVICES)
+def test_lm_evaluation_is_exact_and_batch_independent(lm_model, tiny_dataset, device):
+    lm_model.to(device)
+    a = evaluate(lm_model, tiny_dataset, EvalConfig(batch_size=1), device, progress=False)
+    b = evaluate(lm_model, tiny_dataset, EvalConfig(batch_size=5), device, progress=False)  # padded batches
     assert a.nll == pytest.approx(b.nll, rel=1e-5)
     assert a.nll == pytest.approx(a.rec, rel=1e-6) == pytest.approx(-a.elbo, rel=1e-6)
     assert a.kl == 0 and a.mi == 0 and a.mi_batch == 0 and a.au == 0
     assert a.iw_samples == 0
     # exact: the mean over sequences of the summed token NLLs, computed one sequence at a time
     with torch.no_grad():
-        per_seq = [float(lm_model(*(lambda bt: (bt.input_ids, bt.attention_mask))(tiny_dataset.collate([i]))).rec)
+        per_seq = [float(lm_model(*(lambda bt: (bt.input_ids, bt.attention_mask))(tiny_dataset.collate([i]).to(device))).rec)
                    for i in range(len(tiny_dataset))]
     assert a.nll == pytest.approx(sum(per_seq) / len(per_seq), rel=1e-5)
 

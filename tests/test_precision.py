@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_model, random_ids
+from conftest import DEVICES, make_model, random_ids
 
 from textvae.config import EvalConfig, load_recipe
 from textvae.data import TextDataset
@@ -24,21 +24,23 @@ from textvae.tracking import read_metrics
 from textvae.train import fit
 
 
-def _layer(seed: int = 0, n: int = 37, h: int = 8, v: int = 50):
+def _layer(seed: int = 0, n: int = 37, h: int = 8, v: int = 50, device: str = "cpu"):
     gen = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(n, h, generator=gen, requires_grad=True)
-    weight = torch.randn(v, h, generator=gen).requires_grad_()
-    bias = torch.randn(v, generator=gen).requires_grad_()
-    targets = torch.randint(0, v, (n,), generator=gen)
+    hidden = torch.randn(n, h, generator=gen).to(device).requires_grad_()
+    weight = torch.randn(v, h, generator=gen).to(device).requires_grad_()
+    bias = torch.randn(v, generator=gen).to(device).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=gen).to(device)
     targets[::5] = 0  # padding positions
     return hidden, weight, bias, targets
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("upstream", ["sum", "per-position weights"])
-def test_fused_layer_equals_linear_then_cross_entropy(monkeypatch, upstream):
+def test_fused_layer_equals_linear_then_cross_entropy(monkeypatch, upstream, device):
     monkeypatch.setattr(output, "BLOCK_BYTES", 4 * 50 * 6)  # blocks of 16 rows: several blocks, a ragged last one
-    hidden, weight, bias, targets = _layer()
+    hidden, weight, bias, targets = _layer(device=device)
     weights = torch.rand(targets.shape) if upstream != "sum" else torch.ones(targets.shape)
+    weights = weights.to(device)
     ours = linear_cross_entropy(hidden, weight, bias, targets, ignore_index=0)
     (ours * weights).sum().backward()
     got = [t.grad.clone() for t in (hidden, weight, bias)]
@@ -52,8 +54,9 @@ def test_fused_layer_equals_linear_then_cross_entropy(monkeypatch, upstream):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_layer_without_gradients_and_in_bf16():
-    hidden, weight, bias, targets = _layer(seed=1)
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_layer_without_gradients_and_in_bf16(device):
+    hidden, weight, bias, targets = _layer(seed=1, device=device)
     ref = F.cross_entropy(F.linear(hidden, weight, bias), targets, ignore_index=0, reduction="none")
     with torch.no_grad():
         torch.testing.assert_close(linear_cross_entropy(hidden, weight, bias, targets, 0), ref, rtol=1e-6, atol=1e-5)

@@ -330,9 +330,21 @@ def recipes_list():
 
 
 @recipes_app.command("show")
-def recipes_show(name: str):
-    """Print a bundled recipe's YAML."""
-    typer.echo(recipe_path(name).read_text(), nl=False)
+def recipes_show(
+    name: str = typer.Argument(..., help="bundled recipe name or YAML path"),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides (with --resolved)"),
+    resolved: bool = typer.Option(False, "--resolved", help="the fully merged and validated config: defaults, "
+                                  "preset, method and overrides, as a run would store it"),
+):
+    """Print a bundled recipe's YAML (or, with --resolved, the config a run of it would use)."""
+    if not resolved:
+        if overrides:
+            raise TextVAEError("key=value overrides need --resolved (the recipe file itself is printed without)")
+        typer.echo(recipe_path(name).read_text(), nl=False)
+        return
+    from .config import to_yaml
+
+    typer.echo(to_yaml(load_recipe(name, overrides)), nl=False)
 
 
 @recipes_app.command("copy")
