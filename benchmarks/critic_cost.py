@@ -27,7 +27,7 @@ from textvae.builders import build_datasets
 from textvae.config import load_recipe
 from textvae.model import TextVAE, with_tokenizer
 from textvae.modules.critics import build_critic
-from textvae.train import critic_own_parameters, make_optimizers, train_step
+from textvae.training import critic_own_parameters, make_optimizers, train_step
 
 
 def setup(recipe: str, data: str, method: str, datasets, tokenizer):

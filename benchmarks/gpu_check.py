@@ -18,7 +18,7 @@ import torch
 from textvae.builders import build_datasets, build_model
 from textvae.config import load_recipe
 from textvae.data import TextDataset
-from textvae.evaluate import evaluate
+from textvae.evaluation import evaluate
 
 
 def train(args, launcher: list[str], out: Path, extra: list[str]) -> dict:

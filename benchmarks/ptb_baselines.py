@@ -36,7 +36,7 @@ from textvae.data import TextDataset
 from textvae.metrics import iw_chunk_size, iw_log_weights
 from textvae.model import TextVAE, with_tokenizer
 from textvae.objectives import negative_elbo
-from textvae.train import fit, make_optimizers
+from textvae.training import fit, make_optimizers
 
 
 def machine() -> dict:

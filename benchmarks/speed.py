@@ -46,7 +46,7 @@ from textvae.data import TextDataset
 from textvae.metrics import iw_chunk_size, iw_log_weights, iw_nll_from_log_weights
 from textvae.modules.critics import build_critic
 from textvae.precision import CPU_BF16_FLAGS, cpu_flags
-from textvae.train import critic_own_parameters, make_optimizers, train_step
+from textvae.training import critic_own_parameters, make_optimizers, train_step
 
 METHODS = ("lm", "vae", "critic-self", "critic-neural", "aggressive")
 
@@ -271,7 +271,7 @@ import sys, time, torch
 torch.set_num_threads(int(sys.argv[1]))
 from textvae.config import load_recipe
 from textvae.builders import build_datasets, build_model
-from textvae.train import make_optimizers, train_step
+from textvae.training import make_optimizers, train_step
 cfg = load_recipe("ptb", ["data.dir=" + sys.argv[2]])
 ds, tok = build_datasets(cfg)
 model = build_model(cfg, tok); opt, _ = make_optimizers(model, None, cfg, 1.0); model.train()

@@ -20,7 +20,7 @@ from textvae.builders import build_datasets, build_model, resolve_device
 from textvae.config import load_recipe
 from textvae.distributed import setup, wrap
 from textvae.modules.critics import build_critic
-from textvae.train import critic_own_parameters, make_optimizers, train_step
+from textvae.training import critic_own_parameters, make_optimizers, train_step
 
 
 def main() -> None:

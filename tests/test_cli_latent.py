@@ -16,7 +16,7 @@ from conftest import SMALL_TEXT, assert_one_line_error, run_cli, write_corpus
 from textvae import tracking
 from textvae.config import load_recipe
 from textvae.generation import STRATEGIES
-from textvae.train import fit
+from textvae.training import fit
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PATH_KEYS = {"path", "endpoint_match", "distinct_ratio", "mean_edit_distance"}

@@ -27,7 +27,7 @@ from textvae.distributed import World, loss_scale, shard_rows
 from textvae.errors import TextVAEError
 from textvae.modules.critics import info_nce
 from textvae.tracking import read_metrics
-from textvae.train import fit
+from textvae.training import fit
 
 HERE = Path(__file__).parent
 TIMING = ("seconds", "tokens_per_s")

@@ -10,7 +10,7 @@ from conftest import DEVICES, random_ids
 
 from textvae.config import EvalConfig
 from textvae.data import TextDataset
-from textvae.evaluate import EvalResult, evaluate
+from textvae.evaluation import EvalResult, evaluate
 
 KEYS = {"nll", "nll_stderr", "ppl", "elbo", "rec", "kl", "mi", "mi_ceiling", "mi_batch", "au", "iw_samples",
         "num_sequences", "num_tokens", "nll_per_word", "ppl_per_word", "num_words"}

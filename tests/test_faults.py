@@ -42,7 +42,7 @@ from textvae.modules.encoders import ENCODERS
 from textvae.objectives import FREE_BITS, KL_SCHEDULES
 from textvae.tokenization import TOKENIZERS, load_tokenizer
 from textvae.tracking import read_metrics
-from textvae.train import fit
+from textvae.training import fit
 
 TIMING = ("tokens_per_s", "seconds")  # the only figures of metrics.jsonl that depend on the clock
 

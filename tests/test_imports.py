@@ -71,7 +71,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_the_graph_is_read_from_the_source():
     edges = graph()
-    assert "textvae.config" in edges["textvae.train"]
+    assert "textvae.config" in edges["textvae.training"]
     assert "textvae.modules.output" in edges["textvae.model"]
     assert "textvae.errors" in edges["textvae.modules.decoders"]
 

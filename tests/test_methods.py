@@ -7,12 +7,12 @@ import math
 
 import pytest
 
-import textvae.train as train_module
+import textvae.training as train_module
 from textvae.config import load_recipe
 from textvae.methods import FAMILIES, METHODS, method_overrides, method_table
 from textvae.objectives import kl_weight
 from textvae.tracking import read_metrics
-from textvae.train import fit
+from textvae.training import fit
 
 SMOKE = ["train.max_steps=3", "eval.iw_samples=2"]
 

@@ -16,12 +16,12 @@ from conftest import DEVICES, make_model, random_ids
 
 from textvae.config import EvalConfig, load_recipe
 from textvae.data import TextDataset
-from textvae.evaluate import evaluate
+from textvae.evaluation import evaluate
 from textvae.modules import output
 from textvae.modules.output import linear_cross_entropy
 from textvae.precision import bf16_is_fast, resolve_precision
 from textvae.tracking import read_metrics
-from textvae.train import fit
+from textvae.training import fit
 
 
 def _layer(seed: int = 0, n: int = 37, h: int = 8, v: int = 50, device: str = "cpu"):
@@ -101,7 +101,7 @@ def test_bf16_training_stays_close_to_fp32(tmp_path):
 def test_fp16_is_refused_off_cuda_before_anything_is_written(tmp_path):
     from textvae.config import load_recipe
     from textvae.errors import TextVAEError
-    from textvae.train import fit
+    from textvae.training import fit
 
     with pytest.raises(TextVAEError, match="train.precision=fp16 needs a CUDA device"):
         fit(load_recipe("debug", ["train.precision=fp16", "device=cpu"]), tmp_path / "r", progress=False)
@@ -113,7 +113,7 @@ def test_fp16_is_refused_off_cuda_before_anything_is_written(tmp_path):
 def test_training_on_cuda_in_each_precision_stays_finite_and_close_to_cpu(tmp_path, precision):
     from textvae.checkpoint import read_json
     from textvae.config import load_recipe
-    from textvae.train import fit
+    from textvae.training import fit
 
     common = ["train.max_epochs=1", "eval.iw_samples=4"]
     cpu = fit(load_recipe("debug", [*common, "device=cpu"]), tmp_path / "cpu", progress=False)

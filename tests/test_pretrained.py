@@ -18,7 +18,7 @@ from textvae.metrics import iw_log_weights
 from textvae.model import TextVAE
 from textvae.modules.critics import build_critic
 from textvae.tokenization import PairedTokenizer, PretrainedTokenizer
-from textvae.train import fit
+from textvae.training import fit
 
 TEXTS = ["the cat sat on the mat .", "a dog sat on the red car .", "my friend sat on the small house ."]
 

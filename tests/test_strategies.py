@@ -1,4 +1,4 @@
-"""Loop-level strategies (strategies.py, their use in train.py): aggressive training and AE pretraining."""
+"""Loop-level strategies (strategies.py, their use in training.py): aggressive training and AE pretraining."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 import torch
 from conftest import assert_same_final_weights, make_model, random_ids
 
-import textvae.train as train_module
+import textvae.training as train_module
 from textvae.checkpoint import latest_checkpoint, load_model_dir, load_trainer_state
 from textvae.config import TrainConfig, load_recipe
 from textvae.data import TextDataset
 from textvae.modules.critics import build_critic
 from textvae.strategies import ae_stage_over, aggressive_after_epoch, aggressive_encoder_updates
 from textvae.tracking import read_metrics
-from textvae.train import critic_own_parameters, fit, train_step
+from textvae.training import critic_own_parameters, fit, train_step
 
 # debug recipe with batch 100: 400 training lines → 4 steps per epoch; one metrics line per step
 FAST = ["eval.iw_samples=2", "train.batch_size=100", "train.log_every_steps=1"]

@@ -1,4 +1,4 @@
-"""Training (train.py, objectives.py, checkpoint.py): KL schedule, run directory, resume."""
+"""Training (training.py, objectives.py, checkpoint.py): KL schedule, run directory, resume."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from textvae.config import TextVAEError, TrainConfig, config_from_dict, load_rec
 from textvae.model import VAEOutput
 from textvae.objectives import kl_weight, negative_elbo
 from textvae.tracking import read_metrics
-from textvae.train import fit
+from textvae.training import fit
 
 FAST = ["eval.iw_samples=2"]  # debug recipe: 400 training lines, batch 16 → 25 steps per epoch
 

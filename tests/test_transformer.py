@@ -9,10 +9,10 @@ from torch import nn
 
 from textvae.config import EvalConfig, TextVAEError, load_recipe
 from textvae.data import TextDataset
-from textvae.evaluate import evaluate
+from textvae.evaluation import evaluate
 from textvae.metrics import iw_log_weights
 from textvae.model import TextVAE
-from textvae.train import fit
+from textvae.training import fit
 
 TRANSFORMER = dict(encoder="transformer", decoder="transformer", enc_hidden_dim=16, dec_hidden_dim=16, enc_layers=1,
                    dec_layers=2, num_heads=2, ffn_dim=32, dropout=0.0)

@@ -9,21 +9,17 @@ import os as _os
 if "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
+from .api import evaluate, load, train
 from .config import Config, ModelConfig, load_recipe
 from .errors import TextVAEError
-from .evaluate import EvalResult
+from .evaluation import EvalResult
 from .generation import DecodeConfig
 from .latent import analogy, interpolate, interpolate_pairs, reconstruct, sample
 from .model import TextVAE
+from .run import Run
 from .tracking import plot_run as plot
 
-__all__ = ["Config", "DecodeConfig", "ModelConfig", "EvalResult", "TextVAE", "TextVAEError", "analogy", "fit", "interpolate",
-           "interpolate_pairs", "load_recipe", "plot", "reconstruct", "sample"]
+__all__ = ["Config", "DecodeConfig", "EvalResult", "ModelConfig", "Run", "TextVAE", "TextVAEError", "analogy",
+           "evaluate", "interpolate", "interpolate_pairs", "load", "load_recipe", "plot", "reconstruct", "sample",
+           "train"]
 __version__ = "0.1.0"
-
-
-def fit(*args, **kwargs):
-    """Train a recipe into a run directory (see :func:`textvae.train.fit`)."""
-    from .train import fit as _fit
-
-    return _fit(*args, **kwargs)

@@ -63,15 +63,12 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
 ):
     """Train a model from a recipe, then evaluate the best one on the test split."""
-    from .checkpoint import read_json
+    from .api import train as train_run
     from .distributed import main_process
-    from .train import fit
 
-    cfg = load_recipe(recipe, overrides or [])
-    run = fit(cfg, output_dir or Path("runs") / cfg.name, resume=resume, overwrite=overwrite)
+    run = train_run(recipe, overrides or [], output_dir, overwrite=overwrite, resume=resume)
     if main_process():  # under torchrun, rank 0 reports
-        result = read_json(run / "eval_test.json")
-        typer.echo(format_result(result, f"test results for {run} (method {cfg.method})"))
+        typer.echo(format_result(run.test.to_dict(), f"test results for {run.path} (method {run.config.method})"))
 
 
 @app.command()
@@ -103,10 +100,8 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ):
     """Evaluate a run's best model under the protocol (nll, ppl, elbo, kl, mi, mi_batch, au)."""
-    from .builders import build_datasets, resolve_device
-    from .checkpoint import load_run
-    from .distributed import setup
-    from .evaluate import evaluate
+    from .api import evaluate
+    from .distributed import main_process
 
     if split not in ("test", "valid"):
         raise TextVAEError(f"--split must be test or valid, not '{split}'")
@@ -116,25 +111,9 @@ def eval_cmd(
         raise TextVAEError("--limit must be >= 1")
     if data_dir is not None and not data_dir.is_dir():
         raise TextVAEError(f"--data-dir does not exist or is not a folder: {data_dir}")
-    device = resolve_device("auto")
-    cfg, model, tokenizer = load_run(run_dir, device)
-    if data_dir is not None:
-        cfg.data.dir = str(data_dir.resolve())
-    elif cfg.data.dir is not None and not Path(cfg.data.dir).is_dir():
-        raise TextVAEError(f"{run_dir}: its data folder {cfg.data.dir} is not there; pass --data-dir DIR, the "
-                           f"folder that now holds {cfg.data.train_file}, {cfg.data.valid_file}, {cfg.data.test_file}")
-    if iw_samples is not None:
-        cfg.eval.iw_samples = iw_samples
-    cfg.data.verify = cfg.data.verify and verify
-    datasets, _ = build_datasets(cfg, tokenizer)
-    dataset = datasets[split]
-    if limit is not None:
-        dataset = dataset.subset(limit)
-    world, device = setup(device)  # under torchrun the batches are sharded over the ranks; rank 0 prints
-    model = model.to(device)
-    result = evaluate(model, dataset, cfg.eval, device, seed=cfg.seed, progress=not as_json and world.main,
-                      world=world).to_dict()
-    if not world.main:
+    result = evaluate(run_dir, split, iw_samples=iw_samples, limit=limit, data_dir=data_dir, verify=verify,
+                      progress=not as_json).to_dict()
+    if not main_process():  # under torchrun every rank evaluated its share; rank 0 prints
         return
     if as_json:
         typer.echo(json.dumps(result))

@@ -35,6 +35,7 @@ DECODER_TYPES = ("lstm", "transformer", "pretrained")  # textvae.modules.decoder
 CRITIC_TYPES = ("none", "self", "neural", "hybrid")  # textvae.modules.critics.CRITICS
 TOKENIZER_TYPES = ("word", "bpe", "unigram", "sentencepiece", "pretrained")  # textvae.tokenization.TOKENIZERS
 KL_SCHEDULES = ("linear", "cyclical")  # textvae.objectives.KL_SCHEDULES
+LOGGER_TYPES = ("jsonl", "tensorboard")  # textvae.loggers.LOGGERS
 FREE_BITS_MODES = ("batch_dim", "example_dim", "example_total")  # textvae.objectives.FREE_BITS
 POSITIONS = ("learned", "sinusoidal")
 POOLINGS = ("mean", "first", "pooler")
@@ -190,6 +191,9 @@ class TrainConfig:
     log_every_steps: int = key(50, ge=1)  # training metrics line every N steps
     checkpoint_every_steps: int | None = key(None, ge=1)  # also checkpoint mid-epoch every N steps (None: epoch ends)
     keep_checkpoints: int = key(2, ge=1)  # last N checkpoints kept in checkpoints/
+    # where training metrics go: jsonl (metrics.jsonl, the run's record: always) and tensorboard (DIR/tensorboard,
+    # the `tensorboard` extra)
+    loggers: list[str] = key(factory=lambda: ["jsonl"], choices=LOGGER_TYPES)
     max_bad_steps: int = key(10, ge=1)  # steps with a non-finite loss or gradient are skipped; stop after this many
     num_threads: int | None = key(None, ge=1)  # torch CPU threads for the training loop (None: torch's default)
     # fp32 | bf16 (autocast: bf16 matrix products, fp32 parameters and loss) | fp16 (CUDA only, with a
@@ -410,7 +414,7 @@ def check_value(name: str, value: Any, meta: dict) -> None:
     if value is None:
         return
     shown = repr(value) if isinstance(value, str) else value
-    if "choices" in meta and value not in meta["choices"]:
+    if "choices" in meta and not isinstance(value, (list, tuple)) and value not in meta["choices"]:
         raise TextVAEError(f"bad value for '{name}': {shown} (choose from {', '.join(map(str, meta['choices']))})")
     if isinstance(value, (list, tuple)):
         if "length" in meta and len(value) != meta["length"]:

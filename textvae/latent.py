@@ -17,6 +17,7 @@ import torch
 from .data import TextDataset
 from .errors import TextVAEError
 from .generation import DecodeConfig, check_path, eval_mode, generate, interpolation_path, num_latents
+from .run import Run
 from .scoring import corpus_bleu, distinct_n, exact_match, path_metrics, self_bleu
 
 log = logging.getLogger("textvae")
@@ -35,9 +36,14 @@ class Loaded:
 
 
 def load(run, tokenizer=None, device: str | torch.device | None = None) -> Loaded:
-    """A run directory (its best model), or a ``TextVAE`` with its tokenizer, as :class:`Loaded`."""
+    """A run directory (its best model), a :class:`textvae.Run`, or a ``TextVAE`` with its tokenizer, as
+    :class:`Loaded`."""
     if isinstance(run, Loaded):
         return run
+    if isinstance(run, Run):
+        device = next(run.model.parameters()).device if device is None else torch.device(device)
+        return Loaded(run.model.to(device).eval(), run.tokenizer, str(run.path), run.config.data.lowercase, device,
+                      run.config)
     if isinstance(run, (str, Path)):
         from .builders import resolve_device
         from .checkpoint import load_run

@@ -30,7 +30,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def run_study(
     recipe: str, methods: list[str], seeds: int, overrides: list[str], output_dir: Path, progress: bool = True
 ) -> dict:
-    from .train import fit
+    from .training import fit
 
     if seeds < 1:
         raise TextVAEError("--seeds must be >= 1")

@@ -62,7 +62,8 @@ from .distributed import (
     wrap,
 )
 from .errors import TextVAEError, TrainingInterrupted
-from .evaluate import EvalResult, evaluate
+from .evaluation import EvalResult, evaluate
+from .loggers import Loggers, check_loggers
 from .modules.critics import build_critic
 from .objectives import critic_term, critic_weight, negative_elbo
 from .precision import autocast, grad_scaler, resolve_precision
@@ -75,7 +76,7 @@ from .strategies import (
     initial_state,
     stage_kl_weight,
 )
-from .tracking import MetricsWriter, plot_training_curves
+from .tracking import plot_training_curves
 
 log = logging.getLogger("textvae")
 SUM_KEYS = ("loss", "rec", "kl", "critic_loss", "critic_acc", "critic_mi_bound", "n", "encoder_steps", "steps")
@@ -277,6 +278,7 @@ def fit(
                            "on one process (run it without torchrun)")
     world, device = setup(resolve_device(cfg.device))
     resolve_precision(cfg.train.precision, device)  # fp16 off CUDA is refused before anything is written
+    check_loggers(cfg.train.loggers)  # so is a logger whose package is missing
     torch.manual_seed(cfg.seed)  # the same on every rank: the shared stream of the reparameterisation noise
     random.seed(cfg.seed)
     ckpt = None
@@ -338,8 +340,19 @@ def _train(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_o
     world = world or World()
     critic_params = critic_own_parameters(critic, model)
     trained = wrap(model, world, device)  # the module the steps run (DDP under torchrun)
-    metrics = MetricsWriter(run / "metrics.jsonl", enabled=world.main)
+    metrics = Loggers(cfg.train.loggers, run, state["step"], enabled=world.main)  # train.loggers: metrics.jsonl, ...
     metrics.truncate_after(state["step"])
+    try:
+        _epochs(run, cfg, model, tokenizer, critic, optimizer, critic_optimizer, datasets, state, device, progress,
+                interrupted, world, critic_params, trained, metrics)
+    finally:
+        metrics.close()
+
+
+def _epochs(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_optimizer, datasets, state: dict,
+            device, progress: bool, interrupted: threading.Event, world: World, critic_params, trained,
+            metrics: Loggers) -> None:
+    """The body of :func:`_train`: epochs until the budget, the lr rule or early stopping ends the run."""
     train_set, valid_set = datasets["train"], datasets["valid"]
     tc = cfg.train
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
