@@ -50,8 +50,16 @@ def test_greedy_is_deterministic_and_the_argmax_of_teacher_forcing(eos_model, la
             assert argmax[len(seq)] == EOS_ID
 
 
-def test_model_generate_uses_its_own_special_ids(eos_model, latents):
-    assert eos_model.generate(latents, DecodeConfig(max_length=MAX_LEN)) == decode(eos_model, latents)
+def test_model_generate_uses_its_own_special_ids(latents):
+    """Ids other than the tokenizer defaults: a generate that ignored the model's own would differ."""
+    model = make_model(seed=1, init_range=1.0, emb_init_range=1.0, bos_id=5, eos_id=6)
+    with torch.no_grad():
+        model.decoder.pred_linear.bias[6] += 2.0
+    cfg = DecodeConfig(max_length=MAX_LEN)
+    own = model.generate(latents, cfg)
+    assert own == generate(model, latents, cfg, bos_id=5, eos_id=6)
+    assert own != generate(model, latents, cfg, bos_id=BOS_ID, eos_id=EOS_ID)
+    assert min(len(seq) for seq in own) < MAX_LEN and all(6 not in seq for seq in own)
 
 
 def test_beam_one_and_top_k_one_are_greedy(eos_model, latents):
