@@ -103,11 +103,11 @@ def _evaluate(model, dataset: TextDataset, cfg: EvalConfig, device, iw: bool, se
     done: dict[int, dict[str, torch.Tensor]] = {}  # batch index → its per-sequence results
     batches = dataset.batches(cfg.batch_size)
     for index, batch in enumerate(tqdm(batches, desc="eval", leave=False, disable=None if progress else True)):
-        batch = batch.to(device)
         if index % world.size != world.rank:  # another rank's batch
             if latent:
                 _skip_draws(batch, model.latent_dim, cfg, iw, vocab, device)
             continue
+        batch = batch.to(device)
         out = model(batch.input_ids, batch.attention_mask, batch.encoder_input_ids, batch.encoder_attention_mask)
         row = {"rec": out.rec.cpu(), "kl": out.kl.cpu()}
         if latent and iw:
