@@ -121,6 +121,19 @@ def eval_cmd(
         typer.echo(format_result(result, f"{split} results for {run_dir}"))
 
 
+@app.command()
+def push(
+    run_dir: Path = typer.Argument(..., help="a run directory written by `textvae train`"),
+    repo_id: str = typer.Argument(..., help="the Hugging Face Hub repository, owner/name"),
+    private: bool = typer.Option(False, "--private", help="create the repository private"),
+):
+    """Upload a run's best model, tokenizer and a model card to the Hugging Face Hub."""
+    from .api import load
+    from .hub import push as push_run
+
+    typer.echo(push_run(load(run_dir), repo_id, private=private))
+
+
 # --- latent-space tools: sample, reconstruct, interpolate, analogy, plot ---------------------------
 
 RUN_DIR = typer.Argument(..., help="a run directory written by `textvae train`")

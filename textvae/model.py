@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelHubMixin
 from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.distributions import Independent, kl_divergence
 
 from .config import ModelConfig, check_model
-from .errors import TextVAEError, reading
+from .errors import TextVAEError, first_line, reading
 from .modules.decoders import DECODERS
 from .modules.encoders import ENCODERS
 from .modules.output import linear_cross_entropy
@@ -29,6 +30,28 @@ def with_tokenizer(config: ModelConfig, tokenizer) -> ModelConfig:
     """``config`` with the tokenizer's vocabulary size and special ids filled in (the derived fields)."""
     return replace(config, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id,
                    eos_id=tokenizer.eos_id, unk_id=tokenizer.unk_id)
+
+
+def _is_hub_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return "/" in name
+
+
+def _download(repo_id: str, revision: str | None, token: str | None, local_files_only: bool) -> Path:
+    """A Hub repo's files in the local cache; any failure (offline, no such repo) is one TextVAEError."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=repo_id, revision=revision, token=token,
+                                      local_files_only=local_files_only))
+    except Exception as err:  # network, authentication, a missing repo: all end the same way for a user
+        raise TextVAEError(f"{repo_id}: no such local folder, and not on the Hugging Face Hub "
+                           f"({type(err).__name__}: {first_line(str(err))})") from None
 
 
 @dataclass
@@ -45,7 +68,10 @@ class VAEOutput:
     h: torch.Tensor | None = None  # the encoder's output (B, H), which a hybrid critic may share
 
 
-class TextVAE(nn.Module):
+class TextVAE(nn.Module, ModelHubMixin, library_name="textvae", tags=["text-vae", "variational-autoencoder"]):
+    """The VAE. It is a ``huggingface_hub.ModelHubMixin``: ``save_pretrained(dir)`` writes config.json,
+    model.safetensors and a model card; ``from_pretrained(dir_or_hub_id)`` reads a folder or a Hub repo."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         c = check_model(config)
@@ -94,16 +120,31 @@ class TextVAE(nn.Module):
         """The inference network: encoder and posterior head (He et al.'s ``vae.encoder``)."""
         return [] if self.encoder is None else [*self.encoder.parameters(), *self.posterior.parameters()]
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        save_model(self, str(directory / "model.safetensors"))
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """config.json (the :class:`ModelConfig`) and model.safetensors; the mixin adds the model card."""
+        save_directory = Path(save_directory)
+        (save_directory / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        save_model(self, str(save_directory / "model.safetensors"))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> TextVAE:
-        """The model saved in ``directory``; a missing or damaged file is a TextVAEError naming it."""
-        directory = Path(directory)
+    def from_pretrained(cls, path_or_hub_id: str | Path, device: str | torch.device = "cpu", *,
+                        revision: str | None = None, token: str | None = None,
+                        local_files_only: bool = False) -> TextVAE:
+        """The model in a local folder, or in a Hugging Face Hub repo (``owner/name``) when no such folder
+        exists; a missing or damaged file is a TextVAEError naming it."""
+        local = Path(path_or_hub_id)
+        if not local.exists() and _is_hub_id(str(path_or_hub_id)):
+            local = _download(str(path_or_hub_id), revision, token, local_files_only)
+        return cls._load_folder(local, device)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
+                         local_files_only: bool, token, device: str | torch.device = "cpu", **_) -> TextVAE:
+        """The mixin's hook, for callers that go through ``ModelHubMixin.from_pretrained``."""
+        return cls.from_pretrained(model_id, device, revision=revision, token=token, local_files_only=local_files_only)
+
+    @classmethod
+    def _load_folder(cls, directory: Path, device: str | torch.device = "cpu") -> TextVAE:
         config_path, weights = directory / "config.json", directory / "model.safetensors"
         for path in (config_path, weights):
             if not path.is_file():
