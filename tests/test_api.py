@@ -41,9 +41,9 @@ def test_evaluate_any_split_and_k(run):
     valid = textvae.evaluate(run.path, "valid", iw_samples=8, limit=10)
     assert valid.num_sequences == 10 and valid.iw_samples == 8 and math.isfinite(valid.nll)
     assert valid.nll != textvae.evaluate(run.path, "valid", iw_samples=2, limit=10).nll  # K does drive it
-    with pytest.raises(TextVAEError, match="split must be test or valid"):
+    with pytest.raises(TextVAEError, match=r"split \(--split\) must be test or valid"):
         textvae.evaluate(run, "train")
-    with pytest.raises(TextVAEError, match="iw_samples must be >= 1"):
+    with pytest.raises(TextVAEError, match=r"iw_samples \(--iw-samples\) must be >= 1"):
         textvae.evaluate(run, iw_samples=0)
 
 

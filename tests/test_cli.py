@@ -78,8 +78,8 @@ def test_eval_table_and_valid_split(debug_run, cli_main):
 
 
 @pytest.mark.parametrize(("args", "needle"), [
-    (["--split", "train"], "--split must be test or valid"),
-    (["--iw-samples", "0"], "--iw-samples must be >= 1"),
+    (["--split", "train"], "--split) must be test or valid"),
+    (["--iw-samples", "0"], "--iw-samples) must be >= 1"),
 ])
 def test_eval_bad_options(debug_run, cli_main, args, needle):
     assert_one_line_error(*cli_main("eval", debug_run.dir, *args)[::2], needle)

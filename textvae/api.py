@@ -52,14 +52,15 @@ def evaluate(run: Run | str | Path, split: str = "test", *, iw_samples: int | No
     ``iw_samples`` (default the recipe's K), over the first ``limit`` sequences if given. ``data_dir``
     points at the run's data files if they moved; ``verify`` checks their sha256 against the run's.
     Under torchrun the batches are sharded over the ranks; every rank returns the same figures."""
+    # each message names the argument and the CLI option that passes it (`textvae eval` checks nothing itself)
     if split not in ("test", "valid"):
-        raise TextVAEError(f"split must be test or valid, not '{split}'")
+        raise TextVAEError(f"split (--split) must be test or valid, not '{split}'")
     if iw_samples is not None and iw_samples < 1:
-        raise TextVAEError("iw_samples must be >= 1")
+        raise TextVAEError("iw_samples (--iw-samples) must be >= 1")
     if limit is not None and limit < 1:
-        raise TextVAEError("limit must be >= 1")
+        raise TextVAEError("limit (--limit) must be >= 1")
     if data_dir is not None and not Path(data_dir).is_dir():
-        raise TextVAEError(f"data_dir does not exist or is not a folder: {data_dir}")
+        raise TextVAEError(f"data_dir (--data-dir) does not exist or is not a folder: {data_dir}")
     world, dev = setup(resolve_device(device))
     path = run.path if isinstance(run, Run) else Path(run)
     cfg, model, tokenizer = load_run(path, dev)

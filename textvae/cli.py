@@ -103,14 +103,6 @@ def eval_cmd(
     from .api import evaluate
     from .distributed import main_process
 
-    if split not in ("test", "valid"):
-        raise TextVAEError(f"--split must be test or valid, not '{split}'")
-    if iw_samples is not None and iw_samples < 1:
-        raise TextVAEError("--iw-samples must be >= 1")
-    if limit is not None and limit < 1:
-        raise TextVAEError("--limit must be >= 1")
-    if data_dir is not None and not data_dir.is_dir():
-        raise TextVAEError(f"--data-dir does not exist or is not a folder: {data_dir}")
     result = evaluate(run_dir, split, iw_samples=iw_samples, limit=limit, data_dir=data_dir, verify=verify,
                       progress=not as_json).to_dict()
     if not main_process():  # under torchrun every rank evaluated its share; rank 0 prints

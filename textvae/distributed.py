@@ -153,8 +153,8 @@ def gather_rows(t: torch.Tensor, world: World, global_rows: int) -> torch.Tensor
     """Every rank's rows of a global batch of ``global_rows``, concatenated in rank order; the gather is
     differentiable (``torch.distributed.nn.functional.all_gather``) when ``t`` needs a gradient. Ranks
     may hold one row more or less (an uneven split): shares are padded to the largest for the gather."""
-    counts = [shard_rows(global_rows, World(r, world.size)).stop - shard_rows(global_rows, World(r, world.size)).start
-              for r in range(world.size)]
+    shares = [shard_rows(global_rows, World(r, world.size)) for r in range(world.size)]
+    counts = [share.stop - share.start for share in shares]
     padded = torch.cat([t, t.new_zeros(max(counts) - t.size(0), *t.shape[1:])]) if t.size(0) < max(counts) else t
     if t.requires_grad:
         from torch.distributed.nn.functional import all_gather
