@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import assert_same_final_weights, make_model, random_ids
 
+import textvae.strategies as strategies_module
 import textvae.training as train_module
 from textvae.checkpoint import latest_checkpoint, load_model_dir, load_trainer_state
 from textvae.config import TrainConfig, load_recipe
@@ -126,7 +127,7 @@ def scripted_mi(monkeypatch):
         seen.append(state["epoch"])
         return aggressive_after_epoch(state, (0.2, 0.3, 0.1, 0.5)[state["epoch"]])
 
-    monkeypatch.setattr(train_module, "aggressive_after_epoch", after_epoch)
+    monkeypatch.setattr(strategies_module, "aggressive_after_epoch", after_epoch)
     return seen
 
 
@@ -165,16 +166,17 @@ def test_aggressive_run_logs_its_switch_off_and_the_flag_survives_resume(tmp_pat
 
 def test_ae_fb_reinitialises_the_decoder_and_keeps_the_encoder_at_the_stage_boundary(tmp_path, monkeypatch):
     calls, current = [], [tmp_path / "run"]
-    begin = train_module.begin_vae_stage
+    begin = strategies_module.AEStage.begin_vae_stage
 
-    def spy(model, state, lr):
+    def spy(self, loop):
+        model, state = loop.model, loop.state
         best, _ = load_model_dir(current[0] / "model")
         assert all(torch.equal(v, best.state_dict()[k]) for k, v in model.state_dict().items())  # the best AE
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        begin(model, state, lr)
+        begin(self, loop)
         calls.append((state["step"], before, {k: v.clone() for k, v in model.state_dict().items()}))
 
-    monkeypatch.setattr(train_module, "begin_vae_stage", spy)
+    monkeypatch.setattr(strategies_module.AEStage, "begin_vae_stage", spy)
     cfg = load_recipe("debug", FAST + ["method=ae-fb", "train.ae_epochs=1", "train.max_steps=6"])
     run = fit(cfg, tmp_path / "run", progress=False)
     [(step, before, after)] = calls
@@ -192,7 +194,8 @@ def test_ae_fb_reinitialises_the_decoder_and_keeps_the_encoder_at_the_stage_boun
     assert [r["kl_weight"] for r in train] == pytest.approx([0, 0, 0, 0, 0, 1 / 40])  # warm-up from 0 restarts
     assert [(r["event"], r["step"]) for r in records if r["split"] == "event"] == [("vae_stage", 4)]
     state = load_trainer_state(latest_checkpoint(run))
-    assert (state["stage"], state["stage_start_step"], state["stage_start_epoch"]) == ("vae", 4, 1)
+    assert (state["stage"], state["schedule_start_step"], state["schedule_start_epoch"]) == ("vae", 4, 1)
+    assert (state["n_decays"], state["lr"]) == (0, cfg.train.lr)  # the lr rule started over
     # interrupted right at the boundary and resumed: the stage is in the trainer state, so the decoder is
     # not re-initialised a second time and the run is the same as the uninterrupted one
     short = load_recipe("debug", FAST + ["method=ae-fb", "train.ae_epochs=1", "train.max_steps=4"])
@@ -209,3 +212,66 @@ def test_ae_stage_ends_after_its_epochs_or_once_converged():
     assert ae_stage_over({"stage": "ae", "epoch": 3, "n_decays": 0}, cfg)
     assert ae_stage_over({"stage": "ae", "epoch": 1, "n_decays": 2}, cfg)  # the lr schedule has run its course
     assert not ae_stage_over({"stage": "vae", "epoch": 9, "n_decays": 2}, cfg)
+
+
+# --- the strategy interface ----------------------------------------------------------------------
+
+
+def test_strategies_registry_enables_by_config_and_a_plain_run_has_none():
+    assert set(strategies_module.STRATEGIES) >= {"aggressive", "ae_stage"}
+    plain = strategies_module.Strategies(load_recipe("debug").train)
+    assert plain.items == [] and plain.initial_state() == {} and plain.update({}) == "all"
+    assert plain.kl_weight({}, 0.3) == 0.3 and plain.selection_loss({}, None, 7.0) == 7.0
+    both = strategies_module.Strategies(load_recipe("debug", ["method=aggressive", "train.ae_epochs=2"]).train)
+    assert [type(s) for s in both.items] == [strategies_module.AEStage, strategies_module.Aggressive]
+    state = both.initial_state()
+    assert state["stage"] == "ae" and state["aggressive"] is True
+    assert both.kl_weight(state, 0.5) == 0.0 and both.update(state) == "decoder"
+    assert both.selection_loss(state, SimpleNamespace(rec=3.0), 9.0) == 3.0  # the AE stage is selected by rec
+    state.update(stage="vae", aggressive=False)
+    assert both.kl_weight(state, 0.5) == 0.5 and both.update(state) == "all"
+    assert both.selection_loss(state, SimpleNamespace(rec=3.0), 9.0) == 9.0
+
+
+def test_a_new_strategy_needs_only_a_registry_entry(tmp_path, monkeypatch):
+    """An extension point: a strategy registered from outside changes the loop through its hooks alone."""
+    class HalfKL(strategies_module.Strategy):
+        sum_keys = ("half_calls",)
+
+        @staticmethod
+        def enabled(cfg):
+            return True
+
+        def initial_state(self):
+            return {"half_calls": 0}
+
+        def kl_weight(self, state, weight):
+            return weight / 2
+
+        def before_step(self, loop, batch):
+            loop.state["half_calls"] += 1
+            return {"half_calls": 1}
+
+        def fields(self, state, sums):
+            return {"half_calls": state["half_calls"], "epoch_half_calls": sums["half_calls"]}
+
+    monkeypatch.setitem(strategies_module.STRATEGIES, "half_kl", HalfKL)
+    run = fit(load_recipe("debug", FAST + ["method=vae", "train.max_steps=6"]), tmp_path / "run", progress=False)
+    train = [r for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"]
+    assert [r["kl_weight"] for r in train] == [0.5] * 6  # the plain VAE's weight is 1
+    assert [r["half_calls"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert [r["epoch_half_calls"] for r in train] == [1, 2, 3, 4, 1, 2]  # per-epoch sums reset each epoch
+    assert load_trainer_state(latest_checkpoint(run))["half_calls"] == 6
+
+
+def test_fit_names_no_strategy():
+    """The loop calls strategies through their hooks; no branch of training.py names one."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(train_module))
+    names = {"aggressive", "ae_epochs", "stage", "ae", "encoder_steps"}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.If, ast.IfExp, ast.While)):
+            text = ast.unparse(node.test)
+            assert not any(name in text.replace("'", '"').split('"') or f".{name}" in text for name in names), text

@@ -8,7 +8,10 @@
   modeling of text"): an autoencoder stage (KL weight 0), then the encoder is kept, the
   decoder re-initialised, and a VAE trained with free bits.
 
-Both keep their state in the trainer-state dict (saved in every checkpoint), so a
+Each is a :class:`Strategy`: an object whose hooks ``fit`` calls at fixed points of every
+run (the trainer state, the KL weight, before each step, after validation, after each whole
+epoch). ``STRATEGIES`` holds them; a run uses those whose ``enabled(train config)`` is true.
+A strategy keeps its state in the trainer-state dict (saved in every checkpoint), so a
 resumed run continues exactly where it stopped.
 """
 
@@ -16,19 +19,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
 from .config import TrainConfig
-from .objectives import kl_weight
+from .errors import TextVAEError
 
 UPDATES = ("all", "encoder", "decoder")  # which side of the model a training step moves
-
-
-def initial_state(cfg: TrainConfig) -> dict:
-    """The strategies' entries of a fresh trainer state (also the defaults for older checkpoints)."""
-    return dict(stage="ae" if cfg.ae_epochs > 0 else "vae", stage_start_step=0, stage_start_epoch=0,
-                aggressive=cfg.aggressive, aggressive_prev_mi=None, encoder_steps=0)
 
 
 def frozen_parameters(model, critic_params: list[torch.nn.Parameter], update: str) -> list[torch.nn.Parameter]:
@@ -88,13 +86,6 @@ def aggressive_after_epoch(state: dict, mi: float) -> bool:
     return False
 
 
-def stage_kl_weight(state: dict, steps_per_epoch: int, cfg: TrainConfig) -> float:
-    """The KL weight now: 0 in the AE stage, else the schedule restarted at the VAE stage's first step."""
-    if state["stage"] == "ae":
-        return 0.0
-    return kl_weight(state["step"], steps_per_epoch, cfg, state["stage_start_step"])
-
-
 def ae_stage_over(state: dict, cfg: TrainConfig) -> bool:
     """True once the AE stage has run its ``ae_epochs`` whole epochs, or converged earlier.
 
@@ -104,16 +95,195 @@ def ae_stage_over(state: dict, cfg: TrainConfig) -> bool:
     return state["stage"] == "ae" and (state["epoch"] >= cfg.ae_epochs or state["n_decays"] >= cfg.max_lr_decays)
 
 
-def begin_vae_stage(model, state: dict, lr: float) -> None:
-    """Li et al. (2019) stage 2: keep the encoder, re-initialise the decoder, start a fresh run.
+class Loop(Protocol):
+    """What a strategy's hooks may use of the running loop (``textvae.training`` provides it)."""
 
-    As their ``--reset_dec`` (and BN-VAE's, which also resets the BN shift), the decoder
-    gets He et al.'s initialisation again. The lr schedule starts over (their stage 2 is a
-    new run: lr, best loss, patience and decay count), and the KL schedule restarts at
-    this step. The caller loads the best AE model first and rebuilds the optimiser.
+    state: dict  # the trainer state: step, epoch, lr, ... and every strategy's own keys
+    model: torch.nn.Module
+
+    def step(self, batch, update: str = "all") -> dict: ...  # one counted training step on ``batch``
+    def random_batch(self): ...  # a training batch of this epoch, drawn with replacement
+    def event(self, record: dict) -> None: ...  # an event line in the metrics
+    def load_best(self) -> None: ...  # the best model so far back into ``model``
+    def restart_schedules(self, lr: float) -> None: ...  # a fresh run from here: lr rule, KL schedule, optimiser
+
+
+class Strategy:
+    """A loop-level method. Every hook's default leaves the loop as it is; a strategy overrides some.
+
+    ``fit`` builds each enabled strategy once per run with the train config, and calls, in this order:
+    ``check`` (before anything is written), ``initial_state`` (a fresh run's entries), ``kl_weight`` and
+    ``update`` (each step), ``before_step`` (before each step's update), ``selection_loss`` and
+    ``after_validation`` (each validation), ``after_epoch`` (each whole epoch, after the lr rule), and
+    ``fields`` (each metrics record).
     """
-    model.reset_parameters(only="decoder")
-    if model.posterior.mu_bn is not None:
-        model.posterior.reset_bn()
-    state.update(stage="vae", stage_start_step=state["step"], stage_start_epoch=state["epoch"],
-                 best_val=math.inf, plateau_best=math.inf, bad_epochs=0, n_decays=0, lr=lr)
+
+    sum_keys: tuple[str, ...] = ()  # per-epoch sums it adds to (reset each epoch, checkpointed mid-epoch)
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    @staticmethod
+    def enabled(cfg: TrainConfig) -> bool:
+        raise NotImplementedError
+
+    def check(self, distributed: bool) -> None:
+        """Refuse (TextVAEError) a run it cannot take part in."""
+
+    def initial_state(self) -> dict:
+        return {}
+
+    def kl_weight(self, state: dict, weight: float) -> float:
+        """The KL weight of the next step, given the schedule's ``weight``."""
+        return weight
+
+    def update(self, state: dict) -> str:
+        """Which side (``UPDATES``) the next step moves."""
+        return "all"
+
+    def before_step(self, loop: Loop, batch) -> dict:
+        """Runs before the step on ``batch``; returns what to add to the epoch's sums."""
+        return {}
+
+    def selection_loss(self, state: dict, val, loss: float) -> float:
+        """The validation loss that selects the best model and drives the lr rule (default −ELBO)."""
+        return loss
+
+    def after_validation(self, state: dict, val, whole_epoch: bool) -> list[dict]:
+        """After each validation; returns event records to log after the epoch's record."""
+        return []
+
+    def after_epoch(self, loop: Loop) -> bool:
+        """After each whole epoch (the lr rule applied, the epoch counted); True if it restarted the run."""
+        return False
+
+    def fields(self, state: dict, sums: dict) -> dict:
+        """Its entries in each metrics record."""
+        return {}
+
+
+class Aggressive(Strategy):
+    """He et al. (2019): encoder-only steps before each decoder step, until validation MI falls."""
+
+    sum_keys = ("encoder_steps",)
+
+    @staticmethod
+    def enabled(cfg: TrainConfig) -> bool:
+        return cfg.aggressive
+
+    def check(self, distributed: bool) -> None:
+        if distributed:
+            raise TextVAEError("train.aggressive cannot run under torchrun: its encoder inner loop draws batches "
+                               "on one process (run it without torchrun)")
+
+    def initial_state(self) -> dict:
+        return dict(aggressive=True, aggressive_prev_mi=None, encoder_steps=0)
+
+    def update(self, state: dict) -> str:
+        return "decoder" if state["aggressive"] else "all"
+
+    def before_step(self, loop: Loop, batch) -> dict:
+        if not loop.state["aggressive"]:
+            return {}
+        n = aggressive_encoder_updates(loop.step, batch, loop.random_batch, self.cfg)
+        loop.state["encoder_steps"] += n
+        return {"encoder_steps": n}
+
+    def after_validation(self, state: dict, val, whole_epoch: bool) -> list[dict]:
+        if not (whole_epoch and aggressive_after_epoch(state, val.mi_batch)):
+            return []
+        return [{"epoch": state["epoch"] + 1, "event": "aggressive_off", "mi_batch": val.mi_batch,
+                 "encoder_steps": state["encoder_steps"]}]
+
+    def fields(self, state: dict, sums: dict) -> dict:
+        return dict(aggressive=state["aggressive"], encoder_steps=state["encoder_steps"],
+                    encoder_steps_per_step=sums.get("encoder_steps", 0) / max(sums["steps"], 1))
+
+
+class AEStage(Strategy):
+    """Li et al. (2019): ``ae_epochs`` of autoencoder training (KL weight 0, selected by rec), then the
+    encoder is kept, the decoder re-initialised, and a fresh VAE run begins."""
+
+    @staticmethod
+    def enabled(cfg: TrainConfig) -> bool:
+        return cfg.ae_epochs > 0
+
+    def initial_state(self) -> dict:
+        return dict(stage="ae")
+
+    def kl_weight(self, state: dict, weight: float) -> float:
+        return 0.0 if state["stage"] == "ae" else weight
+
+    def selection_loss(self, state: dict, val, loss: float) -> float:
+        return val.rec if state["stage"] == "ae" else loss  # an autoencoder is selected by rec (Li et al.)
+
+    def after_epoch(self, loop: Loop) -> bool:
+        state = loop.state
+        if not ae_stage_over(state, self.cfg):
+            return False
+        loop.event({"epoch": state["epoch"], "event": "vae_stage", "ae_best_rec": state["best_val"]})
+        loop.load_best()
+        self.begin_vae_stage(loop)
+        return True
+
+    def begin_vae_stage(self, loop: Loop) -> None:
+        """Stage 2: keep the encoder, re-initialise the decoder, start a fresh run.
+
+        As their ``--reset_dec`` (and BN-VAE's, which also resets the BN shift), the decoder
+        gets He et al.'s initialisation again. The lr schedule starts over (their stage 2 is a
+        new run: lr, best loss, patience and decay count), and the KL schedule restarts at
+        this step.
+        """
+        model = loop.model
+        model.reset_parameters(only="decoder")
+        if model.posterior.mu_bn is not None:
+            model.posterior.reset_bn()
+        loop.state["stage"] = "vae"
+        loop.restart_schedules(self.cfg.lr)
+
+    def fields(self, state: dict, sums: dict) -> dict:
+        return {"stage": state["stage"]}
+
+
+# name → strategy class; a run uses every one whose ``enabled(train config)`` is true
+STRATEGIES: dict[str, type[Strategy]] = {"ae_stage": AEStage, "aggressive": Aggressive}
+
+
+class Strategies:
+    """The run's enabled strategies, called as one: each hook chains or merges theirs."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.items = [cls(cfg) for cls in STRATEGIES.values() if cls.enabled(cfg)]
+        self.sum_keys = tuple(key for s in self.items for key in s.sum_keys)
+
+    def check(self, distributed: bool) -> None:
+        for s in self.items:
+            s.check(distributed)
+
+    def initial_state(self) -> dict:
+        return {key: value for s in self.items for key, value in s.initial_state().items()}
+
+    def kl_weight(self, state: dict, weight: float) -> float:
+        for s in self.items:
+            weight = s.kl_weight(state, weight)
+        return weight
+
+    def update(self, state: dict) -> str:
+        return next((side for side in (s.update(state) for s in self.items) if side != "all"), "all")
+
+    def before_step(self, loop: Loop, batch) -> dict:
+        return {key: value for s in self.items for key, value in s.before_step(loop, batch).items()}
+
+    def selection_loss(self, state: dict, val, loss: float) -> float:
+        for s in self.items:
+            loss = s.selection_loss(state, val, loss)
+        return loss
+
+    def after_validation(self, state: dict, val, whole_epoch: bool) -> list[dict]:
+        return [event for s in self.items for event in s.after_validation(state, val, whole_epoch)]
+
+    def after_epoch(self, loop: Loop) -> bool:
+        return any([s.after_epoch(loop) for s in self.items])  # a list: every strategy sees every epoch
+
+    def fields(self, state: dict, sums: dict) -> dict:
+        return {key: value for s in self.items for key, value in s.fields(state, sums).items()}

@@ -65,21 +65,13 @@ from .errors import TextVAEError, TrainingInterrupted
 from .evaluation import EvalResult, evaluate
 from .loggers import Loggers, check_loggers
 from .modules.critics import build_critic
-from .objectives import critic_term, critic_weight, negative_elbo
+from .objectives import critic_term, critic_weight, kl_weight, negative_elbo
 from .precision import autocast, grad_scaler, resolve_precision
-from .strategies import (
-    ae_stage_over,
-    aggressive_after_epoch,
-    aggressive_encoder_updates,
-    begin_vae_stage,
-    frozen_parameters,
-    initial_state,
-    stage_kl_weight,
-)
+from .strategies import Strategies, frozen_parameters
 from .tracking import plot_training_curves
 
 log = logging.getLogger("textvae")
-SUM_KEYS = ("loss", "rec", "kl", "critic_loss", "critic_acc", "critic_mi_bound", "n", "encoder_steps", "steps")
+SUM_KEYS = ("loss", "rec", "kl", "critic_loss", "critic_acc", "critic_mi_bound", "n", "steps")
 
 
 def critic_own_parameters(critic: torch.nn.Module | None, model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -124,8 +116,8 @@ def _lr_schedule(state: dict, val_loss: float, cfg: TrainConfig) -> bool:
     """He et al.'s plateau rule; returns True when the lr must be decayed now."""
     if val_loss > state["plateau_best"]:
         state["bad_epochs"] += 1
-        stage_epoch = state["epoch"] - state["stage_start_epoch"]  # epochs since the run (or VAE stage) began
-        if state["bad_epochs"] >= cfg.lr_decay_patience_epochs and stage_epoch >= cfg.lr_decay_min_epoch:
+        run_epoch = state["epoch"] - state["schedule_start_epoch"]  # epochs since the run (or its restart) began
+        if state["bad_epochs"] >= cfg.lr_decay_patience_epochs and run_epoch >= cfg.lr_decay_min_epoch:
             state.update(plateau_best=val_loss, bad_epochs=0, lr=state["lr"] * cfg.lr_decay_factor)
             state["n_decays"] += 1
             return True
@@ -273,9 +265,8 @@ def fit(
     """
     run = Path(output_dir)
     check_output_dir(run, resume=resume, overwrite=overwrite)
-    if launched() and cfg.train.aggressive:
-        raise TextVAEError("train.aggressive cannot run under torchrun: its encoder inner loop draws batches "
-                           "on one process (run it without torchrun)")
+    strategies = Strategies(cfg.train)  # aggressive training, AE pretraining: textvae.strategies
+    strategies.check(distributed=launched())
     world, device = setup(resolve_device(cfg.device))
     resolve_precision(cfg.train.precision, device)  # fp16 off CUDA is refused before anything is written
     check_loggers(cfg.train.loggers)  # so is a logger whose package is missing
@@ -293,7 +284,9 @@ def fit(
         model = build_model(cfg, tokenizer).to(device)
         state = dict(step=0, epoch=0, batch_in_epoch=0, best_val=math.inf, plateau_best=math.inf,
                      bad_epochs=0, n_decays=0, lr=cfg.train.lr)
-    state = {"bad_steps": 0, "train_seconds": 0.0, **initial_state(cfg.train), **state}  # older checkpoints
+    state = {"bad_steps": 0, "train_seconds": 0.0, **strategies.initial_state(), **state}  # older checkpoints too
+    state.setdefault("schedule_start_step", state.get("stage_start_step", 0))  # where the lr and KL schedules
+    state.setdefault("schedule_start_epoch", state.get("stage_start_epoch", 0))  # last (re)started
     critic = build_critic(cfg.critic, model)
     optimizer, critic_optimizer = make_optimizers(model, critic, cfg, state["lr"])
     if ckpt:
@@ -320,7 +313,7 @@ def fit(
     try:
         with stop_on_sigint() as interrupted:
             _train(run, cfg, model, tokenizer, critic, optimizer, critic_optimizer, datasets, state, device,
-                   progress and world.main, interrupted, world)
+                   progress and world.main, interrupted, world, strategies)
     finally:
         torch.set_num_threads(default_threads)
     final_evaluation(run, cfg, datasets["test"], device, progress and world.main, world)  # sharded over ranks
@@ -331,27 +324,29 @@ def fit(
 
 
 def _train(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_optimizer, datasets, state: dict,
-           device, progress: bool, interrupted: threading.Event, world: World | None = None) -> None:
+           device, progress: bool, interrupted: threading.Event, world: World | None = None,
+           strategies: Strategies | None = None) -> None:
     """The epoch loop of :func:`fit`, from ``state`` (fresh or a checkpoint's) to the end of training.
 
     Under torchrun every rank runs this loop on the same global batches; rank 0 alone writes, and the
     decisions that depend on a clock or a signal (budget, Ctrl-C) are agreed on by all ranks each step.
     """
     world = world or World()
+    strategies = strategies or Strategies(cfg.train)
     critic_params = critic_own_parameters(critic, model)
     trained = wrap(model, world, device)  # the module the steps run (DDP under torchrun)
     metrics = Loggers(cfg.train.loggers, run, state["step"], enabled=world.main)  # train.loggers: metrics.jsonl, ...
     metrics.truncate_after(state["step"])
     try:
         _epochs(run, cfg, model, tokenizer, critic, optimizer, critic_optimizer, datasets, state, device, progress,
-                interrupted, world, critic_params, trained, metrics)
+                interrupted, world, critic_params, trained, metrics, strategies)
     finally:
         metrics.close()
 
 
 def _epochs(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_optimizer, datasets, state: dict,
             device, progress: bool, interrupted: threading.Event, world: World, critic_params, trained,
-            metrics: Loggers) -> None:
+            metrics: Loggers, strategies: Strategies) -> None:
     """The body of :func:`_train`: epochs until the budget, the lr rule or early stopping ends the run."""
     train_set, valid_set = datasets["train"], datasets["valid"]
     tc = cfg.train
@@ -369,7 +364,7 @@ def _epochs(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_
     def checkpoint() -> Path | None:
         if not world.main:
             return None
-        state["optimizer"] = optimizer.state_dict()
+        state["optimizer"] = loop.optimizer.state_dict()
         if critic is not None:
             state["critic"] = critic.state_dict()
         if critic_optimizer is not None:
@@ -395,15 +390,18 @@ def _epochs(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_
             return sums
         return run_step
 
+    loop = _Loop(run, cfg, model, critic, state, device, metrics, optimizer)
     stop = budget_spent() or state["n_decays"] >= tc.max_lr_decays
     while not stop and state["epoch"] < tc.max_epochs:
         batches = train_set.batches(tc.batch_size, shuffle=True, seed=cfg.seed * 100_003 + state["epoch"])
+        loop.batches = batches
         model.train()
         if critic is not None:
             critic.train()
         # A resume from a mid-epoch checkpoint carries the epoch's running sums and time on.
-        carried = state.pop("epoch_progress", None) or dict(sums=dict.fromkeys(SUM_KEYS, 0.0), tokens=0,
-                                                             seconds=0.0, first_batch=state["batch_in_epoch"])
+        carried = state.pop("epoch_progress", None) or dict(
+            sums=dict.fromkeys(SUM_KEYS + strategies.sum_keys, 0.0), tokens=0, seconds=0.0,
+            first_batch=state["batch_in_epoch"])
         sums, tokens, first_batch = carried["sums"], carried["tokens"], carried["first_batch"]
         t0 = time.perf_counter() - carried["seconds"]
         part_start = time.perf_counter()  # this process's share of the epoch, for the time budget
@@ -412,17 +410,15 @@ def _epochs(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_
                    disable=None if progress else True)
         for batch in bar:
             batch = batch.to(device)
-            weight = stage_kl_weight(state, steps_per_epoch, tc)
-            step = counted(functools.partial(train_step, trained, critic, cfg=cfg, kl_w=weight,
-                                             critic_w=critic_weight(state["step"], cfg.critic), optimizer=optimizer,
-                                             critic_optimizer=critic_optimizer, critic_params=critic_params,
-                                             precision=precision, world=world, step=state["step"], scaler=scaler))
-            if state["aggressive"]:  # He et al. 2019: the encoder catches up first, then one decoder step
-                draw = functools.partial(_random_batch, batches, device)
-                n_enc = aggressive_encoder_updates(step, batch, draw, tc)
-                state["encoder_steps"] += n_enc
-                sums["encoder_steps"] += n_enc
-            batch_sums = step(batch, update="decoder" if state["aggressive"] else "all")
+            weight = strategies.kl_weight(state, kl_weight(state["step"], steps_per_epoch, tc,
+                                                           state["schedule_start_step"]))
+            loop.step = counted(functools.partial(
+                train_step, trained, critic, cfg=cfg, kl_w=weight, critic_w=critic_weight(state["step"], cfg.critic),
+                optimizer=loop.optimizer, critic_optimizer=critic_optimizer, critic_params=critic_params,
+                precision=precision, world=world, step=state["step"], scaler=scaler))
+            for key, value in strategies.before_step(loop, batch).items():  # e.g. aggressive encoder updates
+                sums[key] += value
+            batch_sums = loop.step(batch, update=strategies.update(state))
             if not batch_sums.get("bad_steps") and not batch_sums.get("overflow_steps"):
                 for key, value in batch_sums.items():
                     sums[key] += value
@@ -439,7 +435,7 @@ def _epochs(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_
                 if critic is not None:
                     record.update({k: sums[k] / n for k in ("critic_loss", "critic_acc", "critic_mi_bound")})
                     record["critic_weight"] = critic_weight(state["step"], cfg.critic)
-                record.update(_strategy_fields(state, sums, tc))
+                record.update(strategies.fields(state, sums))
                 metrics.write(record)
                 bar.set_postfix(loss=f"{sums['loss'] / n:.2f}", kl=f"{sums['kl'] / n:.2f}")
             mid_epoch = state["batch_in_epoch"] < len(batches)
@@ -464,22 +460,21 @@ def _epochs(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_
         seconds = time.perf_counter() - t0
         state["train_seconds"] += time.perf_counter() - part_start
         val = evaluate(model, valid_set, cfg.eval, device, iw=False, seed=cfg.seed, progress=False, world=world)
-        val_loss = val.rec if state["stage"] == "ae" else -val.elbo  # an autoencoder is selected by rec (Li et al.)
+        val_loss = strategies.selection_loss(state, val, -val.elbo)  # −ELBO unless a strategy selects otherwise
         val_loss = broadcast(val_loss, world)  # the lr rule, early stopping and reloads follow rank 0
         whole_epoch = state["batch_in_epoch"] >= len(batches)
-        switched_off = whole_epoch and aggressive_after_epoch(state, val.mi_batch)
+        events = strategies.after_validation(state, val, whole_epoch)
+        weight = strategies.kl_weight(state, kl_weight(state["step"], steps_per_epoch, tc, state["schedule_start_step"]))
         record = {"split": "valid", "step": state["step"], "epoch": state["epoch"] + 1, "loss": val_loss,
                   "rec": val.rec, "kl": val.kl, "mi": val.mi, "mi_batch": val.mi_batch, "au": val.au,
-                  "ppl": val.ppl, "kl_weight": stage_kl_weight(state, steps_per_epoch, tc), "lr": state["lr"],
+                  "ppl": val.ppl, "kl_weight": weight, "lr": state["lr"],
                   "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9),
                   "epoch_fraction": (state["batch_in_epoch"] - first_batch) / len(batches),
-                  "bad_steps": state["bad_steps"], **_strategy_fields(state, sums, tc)}
+                  "bad_steps": state["bad_steps"], **strategies.fields(state, sums)}
         metrics.write(record)
         log.info(_epoch_line(record, tc.max_epochs))
-        if switched_off:
-            metrics.write({"split": "event", "step": state["step"], "epoch": state["epoch"] + 1,
-                           "event": "aggressive_off", "mi_batch": val.mi_batch,
-                           "encoder_steps": state["encoder_steps"]})
+        for event in events:
+            loop.event(event)
         if val_loss < state["best_val"]:
             state["best_val"] = val_loss
             if world.main:
@@ -487,40 +482,45 @@ def _epochs(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_
             barrier(world)  # before any rank reloads the best model
         if whole_epoch:  # the lr rule applies
             if _lr_schedule(state, val_loss, tc):
-                best, _ = load_model_dir(run / MODEL_DIR, device)
-                model.load_state_dict(best.state_dict())
-                optimizer, _ = make_optimizers(model, critic, cfg, state["lr"])  # He et al. rebuild the optimiser
+                loop.load_best()
+                loop.optimizer, _ = make_optimizers(model, critic, cfg, state["lr"])  # He et al. rebuild it
                 stop = stop or state["n_decays"] >= tc.max_lr_decays
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
-            if ae_stage_over(state, tc):  # Li et al. 2019: best AE's encoder, a fresh decoder, a fresh run
-                metrics.write({"split": "event", "step": state["step"], "epoch": state["epoch"],
-                               "event": "vae_stage", "ae_best_rec": state["best_val"]})
-                best, _ = load_model_dir(run / MODEL_DIR, device)
-                model.load_state_dict(best.state_dict())
-                begin_vae_stage(model, state, tc.lr)
-                optimizer, _ = make_optimizers(model, critic, cfg, state["lr"])
-                stop = budget_spent()  # the lr decays of the AE stage do not end the run
+            if strategies.after_epoch(loop):  # a strategy restarted the run (Li et al.'s VAE stage)
+                stop = budget_spent()  # the lr decays before the restart do not end the run
         path = checkpoint()
         if agree({"interrupted": interrupted.is_set()}, world, device)["interrupted"]:
             raise TrainingInterrupted(f"interrupted at step {state['step']}: checkpoint written to {path}; "
                                       "run the same command with --resume to continue")
 
 
-def _random_batch(batches: list, device):
-    """A training batch drawn uniformly, with replacement (He et al.'s ``np.random.random_integers``)."""
-    return batches[random.randrange(len(batches))].to(device)
+class _Loop:
+    """The running loop as a strategy's hooks see it (:class:`textvae.strategies.Loop`)."""
 
+    def __init__(self, run: Path, cfg: Config, model, critic, state: dict, device, metrics: Loggers, optimizer):
+        self.run, self.cfg, self.model, self.critic, self.state = run, cfg, model, critic, state
+        self.device, self.metrics, self.optimizer = device, metrics, optimizer
+        self.batches: list = []  # this epoch's training batches
+        self.step = None  # this step's counted ``train_step(batch, update=...)``, set by the loop
 
-def _strategy_fields(state: dict, sums: dict, tc: TrainConfig) -> dict:
-    """Metrics of the loop-level strategies in use: stage; aggressive flag and encoder steps."""
-    fields = {}
-    if tc.ae_epochs:
-        fields["stage"] = state["stage"]
-    if tc.aggressive:
-        fields.update(aggressive=state["aggressive"], encoder_steps=state["encoder_steps"],
-                      encoder_steps_per_step=sums["encoder_steps"] / max(sums["steps"], 1))
-    return fields
+    def random_batch(self):
+        """A training batch drawn uniformly, with replacement (He et al.'s ``np.random.random_integers``)."""
+        return self.batches[random.randrange(len(self.batches))].to(self.device)
+
+    def event(self, record: dict) -> None:
+        self.metrics.write({"split": "event", "step": self.state["step"], **record})
+
+    def load_best(self) -> None:
+        best, _ = load_model_dir(self.run / MODEL_DIR, self.device)
+        self.model.load_state_dict(best.state_dict())
+
+    def restart_schedules(self, lr: float) -> None:
+        """A fresh run from this step: the lr rule (lr, best loss, patience, decay count), the KL schedule
+        and the optimiser all start over."""
+        self.state.update(schedule_start_step=self.state["step"], schedule_start_epoch=self.state["epoch"],
+                          best_val=math.inf, plateau_best=math.inf, bad_epochs=0, n_decays=0, lr=lr)
+        self.optimizer, _ = make_optimizers(self.model, self.critic, self.cfg, lr)
 
 
 def final_evaluation(run: Path, cfg: Config, test_set: TextDataset, device, progress: bool = True,
