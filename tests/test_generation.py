@@ -19,7 +19,7 @@ MAX_LEN = 10
 @pytest.fixture
 def eos_model():
     """Large random weights and a nudge towards </s>: some sentences end early, others run to MAX_LEN."""
-    model = make_model(seed=1, init_range=1.0, emb_init_range=1.0)
+    model = make_model(seed=1, init_range=1.0, emb_init_range=1.0, posterior_bias=True, output_bias=True)
     with torch.no_grad():
         model.decoder.pred_linear.bias[EOS_ID] += 0.6
     return model
@@ -52,7 +52,7 @@ def test_greedy_is_deterministic_and_the_argmax_of_teacher_forcing(eos_model, la
 
 def test_model_generate_uses_its_own_special_ids(latents):
     """Ids other than the tokenizer defaults: a generate that ignored the model's own would differ."""
-    model = make_model(seed=1, init_range=1.0, emb_init_range=1.0, bos_id=5, eos_id=6)
+    model = make_model(seed=1, init_range=1.0, emb_init_range=1.0, bos_id=5, eos_id=6, output_bias=True)
     with torch.no_grad():
         model.decoder.pred_linear.bias[6] += 2.0
     cfg = DecodeConfig(max_length=MAX_LEN)
@@ -124,7 +124,7 @@ def repeated_ngrams(seq: list[int], n: int) -> int:
                                  dict(strategy="top-k", top_k=2)])
 def test_no_repeat_ngram_stops_loops(latents, cfg):
     """A decoder that prefers token 5, then 6, then 7 loops on 5; with the option no bigram occurs twice."""
-    model = make_model(seed=1)
+    model = make_model(seed=1, output_bias=True)
     with torch.no_grad():
         model.decoder.pred_linear.bias.zero_()
         model.decoder.pred_linear.bias[[5, 6, 7, 8, EOS_ID]] = torch.tensor([6.0, 5.0, 4.0, 3.0, -9.0])

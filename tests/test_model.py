@@ -212,7 +212,7 @@ def test_model_args_roundtrip_through_config_json(tmp_path):
 
 def test_bn_keeps_the_batch_mean_of_mu_at_the_shift_and_its_variance_at_gamma_squared(tmp_path):
     gamma = 0.7
-    model = make_model(seed=3, bn_gamma=gamma, init_range=2.0, emb_init_range=2.0).train()  # Var μ ≫ eps
+    model = make_model(seed=3, bn_gamma=gamma, init_range=2.0, emb_init_range=2.0, posterior_bias=True).train()  # Var μ ≫ eps
     bn = model.posterior.mu_bn
     assert not bn.weight.requires_grad and torch.equal(bn.weight, torch.full((4,), gamma))  # γ fixed
     assert bn.bias.requires_grad and torch.equal(bn.bias, torch.zeros(4))  # the shift learns, from 0

@@ -15,7 +15,7 @@ from textvae.model import TextVAE
 from textvae.training import fit
 
 TRANSFORMER = dict(encoder="transformer", decoder="transformer", enc_hidden_dim=16, dec_hidden_dim=16, enc_layers=1,
-                   dec_layers=2, num_heads=2, ffn_dim=32, dropout=0.0)
+                   dec_layers=2, num_heads=2, ffn_dim=32, dropout=0.0, posterior_bias=True, output_bias=True)
 INJECTIONS = ["prefix", "embedding", "memory"]
 
 

@@ -70,17 +70,19 @@ PRESETS: dict[str, dict] = {
     # 2-core CPU (PTB); base: Transformer-base width and depth, a GPU model.
     "transformer-small": dict(encoder="transformer", decoder="transformer", enc_hidden_dim=256, dec_hidden_dim=256,
                               enc_layers=2, dec_layers=2, num_heads=4, ffn_dim=1024, latent_dim=32,
-                              latent_injection="memory", dropout=0.1, max_positions=512),
+                              latent_injection="memory", dropout=0.1, max_positions=512, posterior_bias=True,
+                              output_bias=True),
     "transformer-base": dict(encoder="transformer", decoder="transformer", enc_hidden_dim=512, dec_hidden_dim=512,
                              enc_layers=6, dec_layers=6, num_heads=8, ffn_dim=2048, latent_dim=32,
-                             latent_injection="memory", dropout=0.1, max_positions=1024),
+                             latent_injection="memory", dropout=0.1, max_positions=1024, posterior_bias=True,
+                             output_bias=True),
     # Tests and smoke runs on the debug recipe.
     "transformer-tiny": dict(encoder="transformer", decoder="transformer", enc_hidden_dim=16, dec_hidden_dim=16,
                              enc_layers=1, dec_layers=1, num_heads=2, ffn_dim=32, latent_dim=4,
-                             latent_injection="memory", dropout=0.0),
+                             latent_injection="memory", dropout=0.0, posterior_bias=True, output_bias=True),
     # Optimus (Li et al. 2020): BERT-base (cased) → GPT-2 small, BERT's pooled [CLS] → z 32.
     "optimus": dict(encoder="pretrained", decoder="pretrained", encoder_name="bert-base-cased",
-                    decoder_name="gpt2", pooling="pooler", latent_dim=32),
+                    decoder_name="gpt2", pooling="pooler", latent_dim=32, posterior_bias=True),
 }
 
 
@@ -129,6 +131,10 @@ class ModelConfig:
     emb_init_range: float = key(0.1, ge=0.0)  # uniform(-r, r) init for embeddings (He et al.: 0.1)
     # uniform (He et al.'s ranges above) | default (PyTorch's init for the encoder and posterior head)
     encoder_init: str = key("uniform", choices=("uniform", "default"))
+    # He et al.'s LSTM VAE has no bias on the posterior head (h → μ, log σ²) or on the output projection; each
+    # is a named departure (true: a bias vector, as textvae's models before these keys had; Transformer presets)
+    posterior_bias: bool = False
+    output_bias: bool = False
     bn_gamma: float = key(0.0, ge=0.0)  # BN-VAE: batch-normalise μ with this fixed scale γ and a learnt shift (0 = off)
     word_dropout: float = key(0.0, ge=0.0, le=1.0)  # probability of replacing a decoder input word by <unk> (1: no inputs)
     enc_layers: int = key(2, ge=1)  # transformer encoder blocks
@@ -226,7 +232,8 @@ class CriticConfig:
 class EvalConfig:
     iw_samples: int = key(500, ge=1)  # K for the importance-weighted NLL (DESIGN.md §4)
     batch_size: int = key(32, ge=1)  # sequences per evaluation batch
-    mi_batch_size: int = key(32, ge=1)  # He et al.'s per-batch MI estimator uses batches of 32
+    # mi_batch: He et al.'s evaluation batch size (their training batch size: 32 on text, 16 on the synthetic set)
+    mi_batch_size: int = key(32, ge=1)
     max_chunk_logits: int = key(64_000_000, ge=1)  # IW-NLL decodes samples in chunks of at most this many logits
     au_threshold: float = key(0.01, ge=0.0)  # He et al.'s active-unit threshold on Var_x(E_q[z_d|x])
 

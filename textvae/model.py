@@ -25,6 +25,8 @@ from .modules.encoders import ENCODERS
 from .modules.output import linear_cross_entropy
 from .modules.posterior import GaussianPosterior, standard_normal
 
+BIAS_KEYS = ("posterior_bias", "output_bias")  # ModelConfig's named departures from He et al.'s parameters
+
 
 def with_tokenizer(config: ModelConfig, tokenizer) -> ModelConfig:
     """``config`` with the tokenizer's vocabulary size and special ids filled in (the derived fields)."""
@@ -79,7 +81,8 @@ class TextVAE(nn.Module, ModelHubMixin, library_name="textvae", tags=["text-vae"
             raise TextVAEError("model.vocab_size must be >= 1 (fill it from the tokenizer: model.with_tokenizer)")
         if c.latent_dim > 0:
             self.encoder = ENCODERS[c.encoder].from_args(c)
-            self.posterior = GaussianPosterior(self.encoder.output_dim, c.latent_dim, c.bn_gamma)
+            self.posterior = GaussianPosterior(input_dim=self.encoder.output_dim, latent_dim=c.latent_dim,
+                                               bn_gamma=c.bn_gamma, bias=c.posterior_bias)
         else:
             self.encoder = self.posterior = None
         self.decoder = DECODERS[c.decoder].from_args(c)
@@ -153,6 +156,8 @@ class TextVAE(nn.Module, ModelHubMixin, library_name="textvae", tags=["text-vae"
             saved = json.loads(config_path.read_text())
             if not isinstance(saved, dict):
                 raise TextVAEError(f"a JSON object of model settings was expected, not {type(saved).__name__}")
+            for name in BIAS_KEYS:  # a model saved before these keys existed had both biases
+                saved.setdefault(name, True)
             model = cls(ModelConfig(**saved))
         with reading(weights):
             load_model(model, str(weights), device=str(device))

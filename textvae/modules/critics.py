@@ -77,7 +77,7 @@ class SelfCritic(nn.Module):
     (slightly stale) and get no gradient.
     """
 
-    def __init__(self, queue_size: int = 0):
+    def __init__(self, *, queue_size: int = 0):
         super().__init__()
         self.queue_size = queue_size
         self.register_buffer("queue", None, persistent=False)  # (K, 2, D): queued (μ, σ)
@@ -116,6 +116,7 @@ class NeuralCritic(nn.Module):
 
     def __init__(
         self,
+        *,
         vocab_size: int,
         latent_dim: int,
         embed_dim: int = 64,
@@ -131,8 +132,8 @@ class NeuralCritic(nn.Module):
         super().__init__()
         self.x_encoder = None
         if shared_encoder_dim is None:
-            self.x_encoder = LSTMEncoder(vocab_size, embed_dim if embedding is None else embedding.embedding_dim,
-                                         hidden_dim, pad_id)
+            self.x_encoder = LSTMEncoder(vocab_size=vocab_size, hidden_dim=hidden_dim, pad_id=pad_id,
+                                         embed_dim=embed_dim if embedding is None else embedding.embedding_dim)
             if embedding is not None:
                 self.x_encoder.embed = embedding  # shared with the inference network
         self.f_x = _mlp(shared_encoder_dim or hidden_dim, hidden_dim, proj_dim)
@@ -163,7 +164,7 @@ class NeuralCritic(nn.Module):
 
 
 def _self_critic(cfg, model) -> SelfCritic:
-    return SelfCritic(cfg.queue_size)
+    return SelfCritic(queue_size=cfg.queue_size)
 
 
 def _neural_critic(cfg, model) -> NeuralCritic:
@@ -172,8 +173,8 @@ def _neural_critic(cfg, model) -> NeuralCritic:
     embedding = model.encoder.get_input_embeddings()
     hybrid = cfg.type == "hybrid"
     return NeuralCritic(
-        embedding.num_embeddings,  # the encoder's vocabulary: the critic reads the encoder's ids
-        model.latent_dim,
+        vocab_size=embedding.num_embeddings,  # the encoder's vocabulary: the critic reads the encoder's ids
+        latent_dim=model.latent_dim,
         embed_dim=cfg.embed_dim,
         hidden_dim=cfg.hidden_dim,
         proj_dim=cfg.proj_dim,

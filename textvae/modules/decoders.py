@@ -60,6 +60,7 @@ class LSTMDecoder(nn.Module):
 
     def __init__(
         self,
+        *,
         vocab_size: int,
         embed_dim: int,
         hidden_dim: int,
@@ -70,6 +71,7 @@ class LSTMDecoder(nn.Module):
         word_dropout_p: float = 0.0,
         unk_id: int = 3,
         keep_ids: tuple[int, ...] = (0, 1, 2),
+        output_bias: bool = False,
     ):
         super().__init__()
         self.latent_dim = latent_dim
@@ -79,13 +81,14 @@ class LSTMDecoder(nn.Module):
         self.dropout_out = nn.Dropout(dropout_out)
         self.lstm = nn.LSTM(embed_dim + latent_dim, hidden_dim, batch_first=True)
         self.trans_linear = nn.Linear(latent_dim, hidden_dim, bias=False) if latent_dim else None
-        self.pred_linear = nn.Linear(hidden_dim, vocab_size)
+        self.pred_linear = nn.Linear(hidden_dim, vocab_size, bias=output_bias)  # He et al.: no bias
 
     @classmethod
     def from_args(cls, args) -> LSTMDecoder:
-        return cls(args.vocab_size, args.embed_dim, args.dec_hidden_dim, args.latent_dim, args.dec_dropout_in,
-                   args.dec_dropout_out, args.pad_id, word_dropout_p=args.word_dropout, unk_id=args.unk_id,
-                   keep_ids=(args.pad_id, args.bos_id, args.eos_id))
+        return cls(vocab_size=args.vocab_size, embed_dim=args.embed_dim, hidden_dim=args.dec_hidden_dim,
+                   latent_dim=args.latent_dim, dropout_in=args.dec_dropout_in, dropout_out=args.dec_dropout_out,
+                   pad_id=args.pad_id, word_dropout_p=args.word_dropout, unk_id=args.unk_id,
+                   keep_ids=(args.pad_id, args.bos_id, args.eos_id), output_bias=args.output_bias)
 
     def forward(
         self, input_ids: torch.Tensor, z: torch.Tensor | None = None, state=None, return_state: bool = False
@@ -154,10 +157,11 @@ class TransformerDecoder(nn.Module):
     (the LSTM's places), ``dropout`` on attention weights and residual branches.
     """
 
-    def __init__(self, vocab_size: int, dim: int, num_layers: int, num_heads: int, latent_dim: int,
+    def __init__(self, *, vocab_size: int, dim: int, num_layers: int, num_heads: int, latent_dim: int,
                  injection: str = "memory", ffn_dim: int = 0, dropout: float = 0.1, dropout_in: float = 0.0,
                  dropout_out: float = 0.0, positions: str = "learned", max_positions: int = 512, pad_id: int = 0,
-                 word_dropout_p: float = 0.0, unk_id: int = 3, keep_ids: tuple[int, ...] = (0, 1, 2)):
+                 word_dropout_p: float = 0.0, unk_id: int = 3, keep_ids: tuple[int, ...] = (0, 1, 2),
+                 output_bias: bool = True):
         super().__init__()
         if injection not in LATENT_INJECTIONS:
             raise TextVAEError(f"bad value for 'model.latent_injection': '{injection}' "
@@ -165,27 +169,32 @@ class TransformerDecoder(nn.Module):
         self.latent_dim, self.injection, self.num_layers = latent_dim, injection, num_layers
         self.word_dropout_p, self.unk_id, self.keep_ids = word_dropout_p, unk_id, keep_ids
         self.prefix = 1 if latent_dim and injection == "prefix" else 0  # leading positions that are not tokens
-        self.tokens = TokenEmbedding(vocab_size, dim, positions, max_positions + self.prefix, pad_id)
+        self.tokens = TokenEmbedding(vocab_size=vocab_size, dim=dim, positions=positions,
+                                     max_positions=max_positions + self.prefix, pad_id=pad_id)
         self.dropout_in, self.dropout_out = nn.Dropout(dropout_in), nn.Dropout(dropout_out)
-        self.stack = Stack(dim, num_layers, num_heads, ffn_dim, dropout)
+        self.stack = Stack(dim=dim, num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout)
         out_dim = dim * (num_layers if injection == "memory" else 1)
         self.latent = nn.Linear(latent_dim, out_dim, bias=False) if latent_dim else None  # Optimus: no bias
-        self.out_bias = nn.Parameter(torch.zeros(vocab_size))  # the output weight is the input embedding
+        # the output weight is the input embedding; a bias vector only with output_bias
+        self.out_bias = nn.Parameter(torch.zeros(vocab_size)) if output_bias else None
         self.reset_parameters()
 
     @classmethod
     def from_args(cls, args) -> TransformerDecoder:
-        return cls(args.vocab_size, args.dec_hidden_dim, args.dec_layers, args.num_heads, args.latent_dim,
-                   args.latent_injection, args.ffn_dim, args.dropout, args.dec_dropout_in, args.dec_dropout_out,
-                   args.positions, args.max_positions, args.pad_id, word_dropout_p=args.word_dropout,
-                   unk_id=args.unk_id, keep_ids=(args.pad_id, args.bos_id, args.eos_id))
+        return cls(vocab_size=args.vocab_size, dim=args.dec_hidden_dim, num_layers=args.dec_layers,
+                   num_heads=args.num_heads, latent_dim=args.latent_dim, injection=args.latent_injection,
+                   ffn_dim=args.ffn_dim, dropout=args.dropout, dropout_in=args.dec_dropout_in,
+                   dropout_out=args.dec_dropout_out, positions=args.positions, max_positions=args.max_positions,
+                   pad_id=args.pad_id, word_dropout_p=args.word_dropout, unk_id=args.unk_id,
+                   keep_ids=(args.pad_id, args.bos_id, args.eos_id), output_bias=args.output_bias)
 
     def reset_parameters(self) -> None:
         self.tokens.reset_parameters()
         self.stack.reset_parameters()
         if self.latent is not None:
             nn.init.normal_(self.latent.weight, std=0.02)
-        nn.init.zeros_(self.out_bias)
+        if self.out_bias is not None:
+            nn.init.zeros_(self.out_bias)
 
     @staticmethod
     def reorder_state(state: KVCache, index: torch.Tensor) -> KVCache:
@@ -252,7 +261,7 @@ class PretrainedDecoder(nn.Module):
     If the tokenizer added tokens (GPT-2 has no padding token), the embeddings are resized.
     """
 
-    def __init__(self, name: str | None, vocab_size: int, latent_dim: int, saved_config: dict | None = None,
+    def __init__(self, *, name: str | None, vocab_size: int, latent_dim: int, saved_config: dict | None = None,
                  word_dropout_p: float = 0.0, unk_id: int = 3, keep_ids: tuple[int, ...] = (0, 1, 2)):
         super().__init__()
         self.hf = load_pretrained("causal-lm", name, "model.decoder_name", saved_config)
@@ -271,8 +280,9 @@ class PretrainedDecoder(nn.Module):
 
     @classmethod
     def from_args(cls, args) -> PretrainedDecoder:
-        return cls(args.decoder_name, args.vocab_size, args.latent_dim, args.decoder_hf_config,
-                   word_dropout_p=args.word_dropout, unk_id=args.unk_id, keep_ids=(args.pad_id, args.bos_id, args.eos_id))
+        return cls(name=args.decoder_name, vocab_size=args.vocab_size, latent_dim=args.latent_dim,
+                   saved_config=args.decoder_hf_config, word_dropout_p=args.word_dropout, unk_id=args.unk_id,
+                   keep_ids=(args.pad_id, args.bos_id, args.eos_id))
 
     @property
     def hf_config_dict(self) -> dict:

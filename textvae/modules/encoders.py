@@ -33,7 +33,7 @@ class LSTMEncoder(nn.Module):
     state equals what ``pack_padded_sequence`` would give, without the packing cost.
     """
 
-    def __init__(self, vocab_size: int, embed_dim: int, hidden_dim: int, pad_id: int = 0):
+    def __init__(self, *, vocab_size: int, embed_dim: int, hidden_dim: int, pad_id: int = 0):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         self.lstm = nn.LSTM(embed_dim, hidden_dim, batch_first=True)
@@ -42,7 +42,8 @@ class LSTMEncoder(nn.Module):
 
     @classmethod
     def from_args(cls, args) -> LSTMEncoder:
-        return cls(args.vocab_size, args.embed_dim, args.enc_hidden_dim, pad_id=args.pad_id)
+        return cls(vocab_size=args.vocab_size, embed_dim=args.embed_dim, hidden_dim=args.enc_hidden_dim,
+                   pad_id=args.pad_id)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed
@@ -61,23 +62,25 @@ class TransformerEncoder(nn.Module):
     which attends to the whole sequence as BERT's ``[CLS]`` does.
     """
 
-    def __init__(self, vocab_size: int, dim: int, num_layers: int, num_heads: int, ffn_dim: int = 0,
+    def __init__(self, *, vocab_size: int, dim: int, num_layers: int, num_heads: int, ffn_dim: int = 0,
                  dropout: float = 0.1, positions: str = "learned", max_positions: int = 512,
                  pooling: str = "mean", pad_id: int = 0):
         super().__init__()
         if pooling not in ("mean", "first"):
             raise TextVAEError(f"bad value for 'model.pooling': '{pooling}' (a transformer encoder pools "
                                "by mean or first; pooler needs model.encoder=pretrained)")
-        self.tokens = TokenEmbedding(vocab_size, dim, positions, max_positions, pad_id)
+        self.tokens = TokenEmbedding(vocab_size=vocab_size, dim=dim, positions=positions, max_positions=max_positions,
+                                     pad_id=pad_id)
         self.drop = nn.Dropout(dropout)
-        self.stack = Stack(dim, num_layers, num_heads, ffn_dim, dropout)
+        self.stack = Stack(dim=dim, num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout)
         self.pooling, self.output_dim, self.pad_id = pooling, dim, pad_id
         self.reset_parameters()
 
     @classmethod
     def from_args(cls, args) -> TransformerEncoder:
-        return cls(args.vocab_size, args.enc_hidden_dim, args.enc_layers, args.num_heads, args.ffn_dim,
-                   args.dropout, args.positions, args.max_positions, args.pooling, args.pad_id)
+        return cls(vocab_size=args.vocab_size, dim=args.enc_hidden_dim, num_layers=args.enc_layers,
+                   num_heads=args.num_heads, ffn_dim=args.ffn_dim, dropout=args.dropout, positions=args.positions,
+                   max_positions=args.max_positions, pooling=args.pooling, pad_id=args.pad_id)
 
     def reset_parameters(self) -> None:
         self.tokens.reset_parameters()
@@ -102,7 +105,7 @@ class PretrainedEncoder(nn.Module):
     :meth:`reset_parameters`. It reads its own tokenizer's ids (``batch.encoder_input_ids``).
     """
 
-    def __init__(self, name: str | None, pooling: str = "pooler", saved_config: dict | None = None):
+    def __init__(self, *, name: str | None, pooling: str = "pooler", saved_config: dict | None = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise TextVAEError(f"bad value for 'model.pooling': '{pooling}' (choose from {', '.join(POOLINGS)})")
@@ -115,7 +118,7 @@ class PretrainedEncoder(nn.Module):
 
     @classmethod
     def from_args(cls, args) -> PretrainedEncoder:
-        return cls(args.encoder_name, args.pooling, args.encoder_hf_config)
+        return cls(name=args.encoder_name, pooling=args.pooling, saved_config=args.encoder_hf_config)
 
     @property
     def hf_config_dict(self) -> dict:

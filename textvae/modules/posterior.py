@@ -16,6 +16,7 @@ def diagonal_gaussian(loc: torch.Tensor, scale: torch.Tensor) -> Independent:
 
 class GaussianPosterior(nn.Module):
     """``h → q(z|x) = Independent(Normal(μ, σ), 1)``; one linear layer gives (μ, log σ²) as in He et al.
+    (no bias unless ``bias``, the named departure ``model.posterior_bias``)
 
     With ``bn_gamma`` > 0, μ is batch-normalised as in BN-VAE (Zhu et al. 2020, "A batch
     normalized inference network keeps the KL vanishing away"):
@@ -26,9 +27,9 @@ class GaussianPosterior(nn.Module):
     statistics.
     """
 
-    def __init__(self, input_dim: int, latent_dim: int, bn_gamma: float = 0.0):
+    def __init__(self, *, input_dim: int, latent_dim: int, bn_gamma: float = 0.0, bias: bool = False):
         super().__init__()
-        self.linear = nn.Linear(input_dim, 2 * latent_dim)
+        self.linear = nn.Linear(input_dim, 2 * latent_dim, bias=bias)  # He et al.: no bias
         self.bn_gamma = bn_gamma
         self.mu_bn = nn.BatchNorm1d(latent_dim) if bn_gamma > 0 else None
         if self.mu_bn is not None:

@@ -38,7 +38,7 @@ class TokenEmbedding(nn.Module):
     limited to ``max_positions``; sinusoidal ones are computed for any length.
     """
 
-    def __init__(self, vocab_size: int, dim: int, positions: str, max_positions: int, pad_id: int):
+    def __init__(self, *, vocab_size: int, dim: int, positions: str, max_positions: int, pad_id: int):
         super().__init__()
         if positions not in POSITIONS:
             raise TextVAEError(f"bad value for 'model.positions': '{positions}' (choose from {', '.join(POSITIONS)})")
@@ -69,7 +69,7 @@ class TokenEmbedding(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention; keys and values may be prefixed by a cache ``(k, v)`` of shape (N, h, S, d/h)."""
 
-    def __init__(self, dim: int, num_heads: int, dropout: float):
+    def __init__(self, *, dim: int, num_heads: int, dropout: float):
         super().__init__()
         if dim % num_heads:
             raise TextVAEError(f"model width {dim} is not divisible by model.num_heads = {num_heads}")
@@ -98,10 +98,10 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-LN Transformer block: ``x + Attn(LN(x))``, then ``x + FFN(LN(x))`` with GELU."""
 
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float):
+    def __init__(self, *, dim: int, num_heads: int, ffn_dim: int, dropout: float):
         super().__init__()
         self.ln_attn = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, dropout)
+        self.attn = Attention(dim=dim, num_heads=num_heads, dropout=dropout)
         self.ln_ffn = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
         self.drop = nn.Dropout(dropout)
@@ -120,9 +120,10 @@ class Stack(nn.Module):
     projection has std 0.02 / √(2·L), so the residual stream's variance does not grow with depth.
     """
 
-    def __init__(self, dim: int, num_layers: int, num_heads: int, ffn_dim: int, dropout: float):
+    def __init__(self, *, dim: int, num_layers: int, num_heads: int, ffn_dim: int, dropout: float):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(dim, num_heads, ffn_dim or 4 * dim, dropout) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(Block(dim=dim, num_heads=num_heads, ffn_dim=ffn_dim or 4 * dim, dropout=dropout)
+                                    for _ in range(num_layers))
         self.ln_final = nn.LayerNorm(dim)
 
     def reset_parameters(self) -> None:
