@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import DEVICES, random_ids
@@ -111,8 +112,7 @@ def test_evaluate_leaves_the_callers_random_stream_alone(tiny_model, tiny_datase
 def test_nll_per_word_counts_whitespace_words_plus_end_of_sequence(lm_model):
     """A uniform LM over V tokens: every predicted token costs log V nats, whatever the tokenization."""
     with torch.no_grad():
-        lm_model.decoder.pred_linear.weight.zero_()
-        lm_model.decoder.pred_linear.bias.zero_()  # logits 0: uniform over the V = 30 tokens
+        lm_model.decoder.pred_linear.weight.zero_()  # logits 0 (no output bias): uniform over the V = 30 tokens
     texts = ["a b c", "d e"]  # 3 + 2 whitespace words
     subwords = [[4, 5, 6, 7, 8], [9, 10, 11]]  # as a BPE might cut them: 5 + 3 tokens
     result = evaluate(lm_model, TextDataset(subwords, texts=texts), EvalConfig(), progress=False)
@@ -138,3 +138,36 @@ def test_word_level_nll_per_word_is_log_ppl(informative_model):
     assert result.num_words == result.num_tokens
     assert result.ppl_per_word == pytest.approx(result.ppl, rel=1e-9)
     assert result.nll_per_word == pytest.approx(math.log(result.ppl), rel=1e-9)
+
+
+def test_mi_batch_is_he_et_al_calc_mi_on_their_batches(informative_model):
+    """A re-derivation of He et al.'s figure: their create_data_batch (exact-length groups of mi_batch_size,
+    numpy's argsort order), their calc_mi_q per batch, weighted by batch size; the same z draws."""
+    lengths = [4, 6, 4, 5, 4, 6, 4, 4, 5, 4, 7, 6]
+    dataset = TextDataset(random_ids(lengths, seed=8))
+    cfg = EvalConfig(iw_samples=2, batch_size=5, mi_batch_size=3)
+    result = evaluate(informative_model, dataset, cfg, seed=4, progress=False)
+    # their batches: length 4 → 6 sentences → 3 + 3; 5 → 2; 6 → 3; 7 → 1 (a single sentence still counts)
+    order = np.argsort(np.array(lengths))
+    groups = {}
+    for i in order.tolist():
+        groups.setdefault(lengths[i], []).append(i)
+    batches = [g[j : j + 3] for _, g in sorted(groups.items()) for j in range(0, len(g), 3)]
+    assert [len(b) for b in batches] == [3, 3, 2, 3, 1]
+    with torch.no_grad():
+        whole = dataset.collate(list(range(len(lengths))))
+        q = informative_model.encode(whole.input_ids, whole.attention_mask).base_dist
+        mu, logvar = q.loc, 2 * q.scale.log()
+    gen = torch.Generator().manual_seed(4)
+    torch.randn(mu.shape, generator=gen)  # the whole-split mi's draw comes first
+    total = 0.0
+    for b in batches:
+        m, lv = mu[b], logvar[b]
+        nz = m.size(1)
+        neg_entropy = (-0.5 * nz * math.log(2 * math.pi) - 0.5 * (1 + lv).sum(-1)).mean()
+        z = m + torch.randn(m.shape, generator=gen) * (0.5 * lv).exp()  # one sample per sentence
+        dev = z[:, None] - m[None]  # (B, B, nz)
+        log_density = -0.5 * (dev**2 / lv.exp()[None]).sum(-1) - 0.5 * (nz * math.log(2 * math.pi) + lv.sum(-1))[None]
+        log_qz = torch.logsumexp(log_density, dim=1) - math.log(len(b))
+        total += float(neg_entropy - log_qz.mean()) * len(b)
+    assert result.mi_batch == pytest.approx(total / len(lengths), abs=1e-4)

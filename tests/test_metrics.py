@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import random_ids
+from hypothesis import given
+from hypothesis import strategies as st
 
 from textvae.data import TextDataset
 from textvae.metrics import (
     active_units,
+    he_eval_batches,
     iw_log_weights,
     iw_nll_from_log_weights,
     mutual_information,
@@ -170,7 +174,8 @@ def test_batched_mi_ceiling_is_log_batch_size():
     loc = torch.randn(n, d, generator=torch.Generator().manual_seed(0)) * 1000.0  # separated
     scale = torch.full((n, d), 1e-3)
     full = mutual_information(loc, scale, generator=torch.Generator().manual_seed(1))
-    batched = [mutual_information_batched(loc, scale, batch_size, generator=torch.Generator().manual_seed(s))
+    batches = he_eval_batches([7] * n, batch_size)  # one length: consecutive batches of 32
+    batched = [mutual_information_batched(loc, scale, batches, generator=torch.Generator().manual_seed(s))
                for s in range(5)]
     # analytic entropy vs a single sample: per-sequence noise sd = sqrt(d/2), averaged over n sequences
     tol = 5 * math.sqrt(d / 2) / math.sqrt(n * len(batched))
@@ -184,10 +189,34 @@ def test_batched_mi_weights_a_short_last_batch():
     n, d = 40, 2
     loc = torch.randn(n, d, generator=torch.Generator().manual_seed(2)) * 1000.0
     scale = torch.full((n, d), 1e-3)
-    vals = [mutual_information_batched(loc, scale, 32, generator=torch.Generator().manual_seed(s)) for s in range(40)]
+    batches = he_eval_batches([5] * n, 32)
+    assert [len(b) for b in batches] == [32, 8]
+    vals = [mutual_information_batched(loc, scale, batches, generator=torch.Generator().manual_seed(s))
+            for s in range(40)]
     expected = (32 * math.log(32) + 8 * math.log(8)) / 40
     tol = 5 * math.sqrt(d / 2) / math.sqrt(n * len(vals))
     assert sum(vals) / len(vals) == pytest.approx(expected, abs=tol)
+
+
+def test_he_eval_batches_group_exactly_equal_lengths_in_numpy_argsort_order():
+    lengths = [3, 5, 3, 3, 7, 5, 3, 3, 5, 9, 3]
+    batches = he_eval_batches(lengths, 4)
+    # every batch holds one length; each length group is cut into batches of at most 4, in length order
+    assert [sorted({lengths[i] for i in b}) for b in batches] == [[3], [3], [5], [7], [9]]
+    assert [len(b) for b in batches] == [4, 2, 3, 1, 1]
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # each sequence once
+    assert [i for b in batches for i in b] == np.argsort(np.array(lengths)).tolist()  # their sort, their ties
+
+
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=60), st.integers(1, 8))
+def test_he_eval_batches_properties(lengths, batch_size):
+    batches = he_eval_batches(lengths, batch_size)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(1 <= len(b) <= batch_size and len({lengths[i] for i in b}) == 1 for b in batches)
+    # a batch is short only as the last of its length group
+    for b, nxt in zip(batches, batches[1:], strict=False):
+        assert len(b) == batch_size or lengths[b[0]] != lengths[nxt[0]]
+    assert len(batches) == sum(math.ceil(lengths.count(v) / batch_size) for v in set(lengths))
 
 
 # --- active units -------------------------------------------------------------------------------

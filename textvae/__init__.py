@@ -10,6 +10,7 @@ if "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 from .api import evaluate, load, train
+from .compare import Comparison, compare
 from .config import Config, ModelConfig, load_recipe
 from .errors import TextVAEError
 from .evaluation import EvalResult
@@ -19,7 +20,7 @@ from .model import TextVAE
 from .run import Run
 from .tracking import plot_run as plot
 
-__all__ = ["Config", "DecodeConfig", "EvalResult", "ModelConfig", "Run", "TextVAE", "TextVAEError", "analogy",
-           "evaluate", "interpolate", "interpolate_pairs", "load", "load_recipe", "plot", "reconstruct", "sample",
+__all__ = ["Comparison", "Config", "DecodeConfig", "EvalResult", "ModelConfig", "Run", "TextVAE", "TextVAEError", "analogy",
+           "compare", "evaluate", "interpolate", "interpolate_pairs", "load", "load_recipe", "plot", "reconstruct", "sample",
            "train"]
 __version__ = "0.1.0"

@@ -114,6 +114,22 @@ def eval_cmd(
 
 
 @app.command()
+def compare(
+    run_a: Path = typer.Argument(..., help="run directory A"),
+    run_b: Path = typer.Argument(..., help="run directory B"),
+    split: str = typer.Option("test", "--split", help="test | valid"),
+    iw_samples: int = typer.Option(None, "--iw-samples", help="K (default: each run's saved test evaluation)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+):
+    """Paired comparison A − B of per-sequence IW-NLL on the same sequences, with its paired standard error."""
+    from .compare import compare as compare_runs
+    from .compare import format_comparison
+
+    result = compare_runs(run_a, run_b, split, iw_samples=iw_samples)
+    typer.echo(json.dumps(result.to_dict()) if as_json else format_comparison(result))
+
+
+@app.command()
 def push(
     run_dir: Path = typer.Argument(..., help="a run directory written by `textvae train`"),
     repo_id: str = typer.Argument(..., help="the Hugging Face Hub repository, owner/name"),

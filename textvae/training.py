@@ -62,7 +62,7 @@ from .distributed import (
     wrap,
 )
 from .errors import TextVAEError, TrainingInterrupted
-from .evaluation import EvalResult, evaluate
+from .evaluation import PER_SEQUENCE_FILE, EvalResult, evaluate
 from .loggers import Loggers, check_loggers
 from .modules.critics import build_critic
 from .objectives import critic_term, critic_weight, kl_weight, negative_elbo
@@ -533,5 +533,6 @@ def final_evaluation(run: Path, cfg: Config, test_set: TextDataset, device, prog
     result = evaluate(model, test_set, cfg.eval, device, iw=True, seed=cfg.seed, progress=progress, world=world)
     record = {"split": "test", **result.to_dict(), "seconds": time.perf_counter() - t0}
     if world.main:
+        result.per_sequence.save(run / PER_SEQUENCE_FILE)  # for paired comparisons (textvae compare)
         atomic_write_text(run / "eval_test.json", json.dumps(record, indent=2) + "\n")
     return result
