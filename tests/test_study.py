@@ -48,6 +48,24 @@ def test_seconds_per_epoch_counts_costly_epochs():
     assert seconds_per_epoch(halves) == pytest.approx(60.0)
 
 
+def test_study_with_lm_adds_the_paired_difference_column(tmp_path):
+    from textvae.compare import compare
+
+    out = tmp_path / "study"
+    proc = run_cli("study", "debug", "train.max_steps=8", "eval.iw_samples=3", "--methods", "lm,vae", "--seeds", "1",
+                   "--output-dir", out, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    study = json.loads((out / "study.json").read_text())
+    direct = compare(out / "vae" / "seed-0", out / "lm" / "seed-0")
+    row = study["summary"]["vae"]
+    assert row["dnll_vs_lm"] == pytest.approx(direct.mean_diff) and row["dnll_paired_stderr"] == pytest.approx(
+        direct.paired_stderr)
+    assert study["summary"]["lm"]["dnll_vs_lm"] == 0.0
+    md = (out / "study.md").read_text()
+    assert "Δnll vs `lm` (paired s.e.)" in md
+    assert f"| {direct.mean_diff:+.3f} ({direct.paired_stderr:.3f}) |" in md
+
+
 def test_study_rejects_unknown_method(tmp_path):
     proc = run_cli("study", "debug", "--methods", "vae,critic-nope", "--output-dir", tmp_path / "s")
     assert proc.returncode == 2 and "unknown method 'critic-nope'" in proc.stderr and "Traceback" not in proc.stderr

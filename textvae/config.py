@@ -40,6 +40,7 @@ FREE_BITS_MODES = ("batch_dim", "example_dim", "example_total")  # textvae.objec
 POSITIONS = ("learned", "sinusoidal")
 POOLINGS = ("mean", "first", "pooler")
 LATENT_INJECTIONS = ("prefix", "embedding", "memory")
+SVI_GRADIENTS = ("through", "stop")  # textvae.svi: SA-VAE end to end, or the stop-gradient variant
 
 
 def key(default: Any = MISSING, *, factory=None, choices: tuple | None = None, ge=None, gt=None, le=None,
@@ -190,6 +191,13 @@ class TrainConfig:
     aggressive_max_encoder_steps: int = key(99, ge=1)  # inner-loop cap (He et al.: `while sub_iter < 100`)
     aggressive_check_every_steps: int = key(15, ge=1)  # inner loop stops when this many steps' mean loss stops falling
     ae_epochs: int = key(0, ge=0)  # Li et al. 2019: epochs of autoencoder (β = 0) training first, part of max_epochs
+    # Kim et al. 2018 (SA-VAE): SVI steps that refine each posterior before the decoder trains on it (0 = off);
+    # their text setup: 20 steps of lr 1 with momentum 0.5, the gradients of μ and log σ² each clipped at 5
+    svi_steps: int = key(0, ge=0)
+    svi_lr: float = key(1.0, gt=0.0)
+    svi_momentum: float = key(0.5, ge=0.0, lt=1.0)
+    svi_max_grad_norm: float = key(5.0, ge=0.0)  # 0 = no clipping
+    svi_gradient: str = key("through", choices=SVI_GRADIENTS)  # through: end to end (their main variant) | stop
     lr_decay_factor: float = key(0.5, gt=0.0, le=1.0)  # He et al.: halve the lr ...
     lr_decay_patience_epochs: int = key(2, ge=1)  # ... after this many epochs without validation improvement ...
     lr_decay_min_epoch: int = key(15, ge=0)  # ... but never before this epoch (of the VAE stage), reloading the best
@@ -236,6 +244,12 @@ class EvalConfig:
     mi_batch_size: int = key(32, ge=1)
     max_chunk_logits: int = key(64_000_000, ge=1)  # IW-NLL decodes samples in chunks of at most this many logits
     au_threshold: float = key(0.01, ge=0.0)  # He et al.'s active-unit threshold on Var_x(E_q[z_d|x])
+    # SA-VAE's test-time refinement (Kim et al. 2018) before IW-NLL, kl, mi and au: SVI steps (0 = the encoder's
+    # posterior, comparable across methods), their lr, momentum and gradient clip
+    svi_steps: int = key(0, ge=0)
+    svi_lr: float = key(1.0, gt=0.0)
+    svi_momentum: float = key(0.5, ge=0.0, lt=1.0)
+    svi_max_grad_norm: float = key(5.0, ge=0.0)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -27,6 +28,7 @@ from .metrics import (
     mutual_information,
     mutual_information_batched,
 )
+from .svi import refine_posterior
 
 
 @dataclass
@@ -48,6 +50,7 @@ class EvalResult:
     nll_per_word: float | None = None
     ppl_per_word: float | None = None  # exp(nll_per_word)
     num_words: int | None = None  # whitespace words + one </s> per sequence
+    svi_steps: int = 0  # SA-VAE refinement steps applied to each posterior before the figures (eval.svi_steps)
     # the per-sequence figures behind nll (paired comparisons); not part of the JSON record
     per_sequence: PerSequence | None = field(default=None, repr=False, compare=False)
 
@@ -144,10 +147,12 @@ def evaluate(
 
 
 def _skip_draws(batch, latent_dim: int, cfg: EvalConfig, iw: bool, vocab: int, device) -> None:
-    """The random draws :func:`_evaluate` makes for ``batch`` (the forward pass's z, then the IW samples
-    chunk by chunk), made and discarded: ``Normal.rsample`` and ``.sample`` draw as ``normal_`` does."""
+    """The random draws :func:`_evaluate` makes for ``batch`` (the SVI steps' samples, the forward pass's z,
+    then the IW samples chunk by chunk), made and discarded: ``Normal.rsample`` and ``.sample`` draw as
+    ``normal_`` does."""
     b = batch.input_ids.size(0)
-    torch.empty(b, latent_dim, device=device).normal_()
+    for _ in range(cfg.svi_steps + 1):
+        torch.empty(b, latent_dim, device=device).normal_()
     if iw:
         chunk = iw_chunk_size(cfg.max_chunk_logits, *batch.input_ids.shape, vocab)
         for start in range(0, cfg.iw_samples, chunk):
@@ -163,13 +168,17 @@ def _evaluate(model, dataset: TextDataset, cfg: EvalConfig, device, iw: bool, se
     vocab = model.config.vocab_size
     done: dict[int, dict[str, torch.Tensor]] = {}  # batch index → its per-sequence results
     batches = dataset.batches(cfg.batch_size)
+    refine = None if not (latent and cfg.svi_steps) else functools.partial(
+        refine_posterior, steps=cfg.svi_steps, lr=cfg.svi_lr, momentum=cfg.svi_momentum,
+        max_grad_norm=cfg.svi_max_grad_norm)  # SA-VAE's test-time refinement, only when asked for
     for index, batch in enumerate(tqdm(batches, desc="eval", leave=False, disable=None if progress else True)):
         if index % world.size != world.rank:  # another rank's batch
             if latent:
                 _skip_draws(batch, model.latent_dim, cfg, iw, vocab, device)
             continue
         batch = batch.to(device)
-        out = model(batch.input_ids, batch.attention_mask, batch.encoder_input_ids, batch.encoder_attention_mask)
+        out = model(batch.input_ids, batch.attention_mask, batch.encoder_input_ids, batch.encoder_attention_mask,
+                    refine=refine)
         row = {"rec": out.rec.cpu(), "kl": out.kl.cpu(), "index": batch.indices.cpu()}
         if latent and iw:
             chunk = iw_chunk_size(cfg.max_chunk_logits, *batch.input_ids.shape, vocab)
@@ -220,6 +229,7 @@ def _evaluate(model, dataset: TextDataset, cfg: EvalConfig, device, iw: bool, se
         nll_per_word=nll_per_word,
         ppl_per_word=None if nll_per_word is None else math.exp(nll_per_word),
         num_words=num_words,
+        svi_steps=cfg.svi_steps if latent else 0,
         per_sequence=per_sequence,
     )
 

@@ -11,7 +11,7 @@ The collapse mitigations and where their behaviour lives:
 - ``vae-anneal``, ``cyclical``, ``beta-<b>``: KL weight schedules (``objectives.kl_weight``).
 - ``free-bits``, ``free-bits-mask``, ``kl-threshold``: three different free-bits
   objectives (``objectives.free_bits_kl``).
-- ``aggressive``, ``ae-fb``: loop-level strategies (``strategies``).
+- ``aggressive``, ``sa-vae``, ``ae-fb``: loop-level strategies (``strategies``).
 - ``bn-vae``: batch-normalised posterior mean (``modules.posterior``).
 - ``word-dropout``: decoder input corruption (``modules.decoders.word_dropout``).
 """
@@ -66,6 +66,10 @@ METHODS: dict[str, Method] = {
     "aggressive": Method("aggressive inference-network training until validation MI stops rising; "
                          "KL warm-up from 0.1 over 10 epochs", "He et al. 2019",
                          ("train.aggressive=true", "train.kl_start=0.1", "train.kl_warmup_epochs=10")),
+    "sa-vae": Method("semi-amortized VAE: 20 SVI steps (lr 1, momentum 0.5, clip 5) refine each posterior, "
+                     "trained end to end; KL warm-up from 0.1 over 10 epochs", "Kim et al. 2018",
+                     ("train.svi_steps=20", "train.svi_gradient=through", "train.kl_start=0.1",
+                      "train.kl_warmup_epochs=10")),
     "bn-vae": Method("batch-normalised posterior mean, fixed scale γ = 0.5, learnt shift; KL warm-up from 0",
                      "Zhu et al. 2020", ("model.bn_gamma=0.5", "train.kl_start=0.0", "train.kl_warmup_epochs=10")),
     "word-dropout": Method("decoder input words replaced by <unk> with probability 0.5 in training",

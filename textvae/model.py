@@ -68,6 +68,8 @@ class VAEOutput:
     z: torch.Tensor | None
     posterior: Independent | None
     h: torch.Tensor | None = None  # the encoder's output (B, H), which a hybrid critic may share
+    # a per-sequence term that trains the inference network alone (SA-VAE's stop-gradient variant), (B,)
+    inference_loss: torch.Tensor | None = None
 
 
 class TextVAE(nn.Module, ModelHubMixin, library_name="textvae", tags=["text-vae", "variational-autoencoder"]):
@@ -216,7 +218,8 @@ class TextVAE(nn.Module, ModelHubMixin, library_name="textvae", tags=["text-vae"
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 encoder_input_ids: torch.Tensor | None = None,
-                encoder_attention_mask: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> VAEOutput:
+                encoder_attention_mask: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                refine=None) -> VAEOutput:
         """One reparameterised sample per sequence. Shape: (B, T) → VAEOutput with (B,) terms.
 
         ``noise``: the standard-normal ε of z = μ + σ·ε, (B, D); drawn here when None (a data-parallel
@@ -226,6 +229,9 @@ class TextVAE(nn.Module, ModelHubMixin, library_name="textvae", tags=["text-vae"
         the same sequences when it differs from the decoder's (a pretrained encoder,
         ``batch.encoder_input_ids``); by default the encoder reads ``input_ids``.
         Shape: encoder_input_ids, encoder_attention_mask (B, T_enc).
+
+        ``refine(model, posterior, input_ids) → (posterior, inference_loss or None)`` replaces the encoder's
+        posterior before z is drawn (semi-amortized inference, :func:`textvae.svi.refine_posterior`).
         """
         if self.latent_dim == 0:
             rec = self.reconstruction_nll(input_ids, None)
@@ -234,10 +240,13 @@ class TextVAE(nn.Module, ModelHubMixin, library_name="textvae", tags=["text-vae"
             encoder_input_ids, encoder_attention_mask = input_ids, attention_mask
         h = self.encoder(encoder_input_ids, encoder_attention_mask)  # (B, H)
         posterior = self.posterior(h)
+        inference_loss = None
+        if refine is not None:
+            posterior, inference_loss = refine(self, posterior, input_ids)
         if noise is None:
             z = posterior.rsample()  # (B, D)
         else:
             z = posterior.base_dist.loc + noise * posterior.base_dist.scale  # rsample's own expression
         rec = self.reconstruction_nll(input_ids, z)
         kl = kl_divergence(posterior, self.prior())  # (B,), analytic
-        return VAEOutput(rec, kl, z, posterior, h)
+        return VAEOutput(rec, kl, z, posterior, h, inference_loss)

@@ -130,12 +130,16 @@ def negative_elbo(out: VAEOutput, weight: float = 1.0, free_bits: float = 0.0,
                   free_bits_mode: str = "batch_dim") -> torch.Tensor:
     """Batch mean of rec + weight · KL (nats per sequence), the quantity SGD minimises.
 
-    With ``free_bits`` > 0 the KL is :func:`free_bits_kl`'s (not for the LM, which has none).
+    With ``free_bits`` > 0 the KL is :func:`free_bits_kl`'s (not for the LM, which has none). A model
+    output's ``inference_loss`` (SA-VAE's stop-gradient encoder target) is added as it is.
     """
     kl = out.kl
     if free_bits > 0 and out.posterior is not None:
         kl = free_bits_kl(out.posterior, free_bits, free_bits_mode)
-    return (out.rec + weight * kl).mean()
+    loss = out.rec + weight * kl
+    if out.inference_loss is not None:
+        loss = loss + out.inference_loss
+    return loss.mean()
 
 
 def critic_weight(step: int, cfg: CriticConfig) -> float:

@@ -1,9 +1,12 @@
-"""Loop-level methods that ``fit`` calls: aggressive inference-network training and AE pretraining.
+"""Loop-level methods that ``fit`` calls: aggressive inference-network training, semi-amortized inference
+and AE pretraining.
 
 - Aggressive training (He et al. 2019, "Lagging inference networks and posterior
   collapse in variational autoencoders", Algorithm 1, following their ``text.py``):
   before each decoder update, the encoder alone is updated on fresh training batches
   until its loss stops improving; aggressive mode ends once validation MI stops rising.
+- Semi-amortized inference (Kim et al. 2018, SA-VAE): each step's posteriors are refined by SVI
+  steps before the decoder trains on them (:mod:`textvae.svi`).
 - AE pretraining (Li et al. 2019, "A surprisingly effective fix for deep latent variable
   modeling of text"): an autoencoder stage (KL weight 0), then the encoder is kept, the
   decoder re-initialised, and a VAE trained with free bits.
@@ -17,6 +20,7 @@ resumed run continues exactly where it stopped.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Protocol
@@ -25,6 +29,7 @@ import torch
 
 from .config import TrainConfig
 from .errors import TextVAEError
+from .svi import refine_posterior
 
 UPDATES = ("all", "encoder", "decoder")  # which side of the model a training step moves
 
@@ -161,6 +166,10 @@ class Strategy:
         """Its entries in each metrics record."""
         return {}
 
+    def refinement(self, state: dict, kl_weight: float) -> Callable | None:
+        """A posterior refinement for the next step's forward pass (``TextVAE.forward(refine=...)``), or None."""
+        return None
+
 
 class Aggressive(Strategy):
     """He et al. (2019): encoder-only steps before each decoder step, until validation MI falls."""
@@ -245,8 +254,27 @@ class AEStage(Strategy):
         return {"stage": state["stage"]}
 
 
+class SemiAmortized(Strategy):
+    """Kim et al. (2018), SA-VAE: each step's posteriors are refined by ``svi_steps`` SVI steps
+    (:func:`textvae.svi.refine_posterior`) and the decoder trains at the refined ones."""
+
+    @staticmethod
+    def enabled(cfg: TrainConfig) -> bool:
+        return cfg.svi_steps > 0
+
+    def check(self, distributed: bool) -> None:
+        if distributed:
+            raise TextVAEError("train.svi_steps > 0 cannot run under torchrun: the SVI steps' batch-mean loss and "
+                               "gradient clipping are over the global batch (run it without torchrun)")
+
+    def refinement(self, state: dict, kl_weight: float) -> Callable:
+        c = self.cfg
+        return functools.partial(refine_posterior, steps=c.svi_steps, lr=c.svi_lr, momentum=c.svi_momentum,
+                                 max_grad_norm=c.svi_max_grad_norm, kl_weight=kl_weight, gradient=c.svi_gradient)
+
+
 # name → strategy class; a run uses every one whose ``enabled(train config)`` is true
-STRATEGIES: dict[str, type[Strategy]] = {"ae_stage": AEStage, "aggressive": Aggressive}
+STRATEGIES: dict[str, type[Strategy]] = {"ae_stage": AEStage, "aggressive": Aggressive, "sa_vae": SemiAmortized}
 
 
 class Strategies:
@@ -287,3 +315,6 @@ class Strategies:
 
     def fields(self, state: dict, sums: dict) -> dict:
         return {key: value for s in self.items for key, value in s.fields(state, sums).items()}
+
+    def refinement(self, state: dict, kl_weight: float) -> Callable | None:
+        return next((r for r in (s.refinement(state, kl_weight) for s in self.items) if r is not None), None)

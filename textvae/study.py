@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 
 from .checkpoint import atomic_write_text, latest_checkpoint, read_json
+from .compare import compare
 from .config import load_recipe
 from .distributed import main_process
 from .errors import TextVAEError
@@ -51,6 +52,11 @@ def run_study(
             result["seconds_per_epoch"] = seconds_per_epoch(valid)
             result["curve"] = [{k: r.get(k) for k in ("epoch", "kl", "mi", "au")} for r in valid]
             runs.setdefault(method, []).append(result)
+    if "lm" in methods:  # paired Δnll of every run against the LM of its seed, on the same test sentences
+        for method in methods:
+            for seed, result in enumerate(runs[method]):
+                paired = compare(out / method / f"seed-{seed}", out / "lm" / f"seed-{seed}")
+                result["dnll_vs_lm"], result["dnll_paired_stderr"] = paired.mean_diff, paired.paired_stderr
     summary = summarise(runs)
     study = {"recipe": recipe, "methods": methods, "seeds": seeds, "overrides": overrides,
              "summary": summary, "runs": runs}
@@ -76,6 +82,9 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
         row["seconds_per_epoch"] = _mean_std([r["seconds_per_epoch"] for r in results])
         row["iw_samples"] = results[0]["iw_samples"]
         row["mi_ceiling"] = results[0]["mi_ceiling"]
+        if "dnll_vs_lm" in results[0]:  # mean over seeds, and the paired s.e. of that mean
+            row["dnll_vs_lm"] = statistics.fmean(r["dnll_vs_lm"] for r in results)
+            row["dnll_paired_stderr"] = math.sqrt(sum(r["dnll_paired_stderr"] ** 2 for r in results)) / len(results)
         summary[method] = row
     base = summary.get("vae", {}).get("seconds_per_epoch", (math.nan,))[0]
     for row in summary.values():
@@ -88,18 +97,24 @@ def to_markdown(study: dict) -> str:
     first = next(iter(s.values()))
     k = max(row["iw_samples"] for row in s.values())  # the LM has none: its nll is exact
     exact = "; the LM's is exact" if any(row["iw_samples"] == 0 for row in s.values()) else ""
+    paired = all("dnll_vs_lm" in row for row in s.values())
     lines = [
         f"# Study: recipe `{study['recipe']}`, {study['seeds']} seed(s), overrides `{' '.join(study['overrides'])}`",
         "",
         f"Test split; nll = IW-NLL with K = {k} (nats/sequence{exact}); mi over the whole split "
         f"(ceiling {first['mi_ceiling']:.2f}); mi_batch = He et al.'s per-batch estimator; s/epoch = training "
-        "seconds over the epochs done (a partial epoch counts as its fraction). Mean ± std over seeds.",
+        "seconds over the epochs done (a partial epoch counts as its fraction). Mean ± std over seeds."
+        + (" Δnll vs lm = the paired difference of per-sentence IW-NLL against the LM of the same seed, with its "
+           "paired standard error (docs/protocol.md)." if paired else ""),
         "",
-        "| method | nll | ppl | kl | mi | mi_batch | au | s/epoch | time vs vae |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | nll | ppl | kl | mi | mi_batch | au |" + (" Δnll vs `lm` (paired s.e.) |" if paired else "")
+        + " s/epoch | time vs vae |",
+        "|---|---|---|---|---|---|---|" + ("---|" if paired else "") + "---|---|",
     ]
     for method, row in s.items():
         cells = [f"{row[f][0]:.2f} ± {row[f][1]:.2f}" for f in FIGURES]
+        if paired:
+            cells.append("—" if method == "lm" else f"{row['dnll_vs_lm']:+.3f} ({row['dnll_paired_stderr']:.3f})")
         rel = "—" if row["time_vs_vae"] is None else f"{row['time_vs_vae']:.2f}×"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {row['seconds_per_epoch'][0]:.1f} | {rel} |")
     return "\n".join(lines) + "\n"

@@ -128,7 +128,7 @@ def _lr_schedule(state: dict, val_loss: float, cfg: TrainConfig) -> bool:
 
 def train_step(model, critic, batch, cfg: Config, kl_w: float, critic_w: float, optimizer, critic_optimizer,
                critic_params, update: str = "all", precision: str = "fp32", world: World | None = None,
-               step: int = 0, scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+               step: int = 0, scaler: torch.amp.GradScaler | None = None, refine=None) -> dict[str, float]:
     """One update on ``rec + kl_w · KL (+ critic_w · InfoNCE)``; returns the batch's sums for logging.
 
     Sums (not means) of loss, rec, kl, critic_loss, critic_acc, critic_mi_bound over the
@@ -147,6 +147,7 @@ def train_step(model, critic, batch, cfg: Config, kl_w: float, critic_w: float, 
     Under ``torchrun`` (``world``; ``model`` wrapped in DDP) ``batch`` is the global batch: this rank
     trains on its rows (:mod:`textvae.distributed`), with its rows of the global batch's noise, and
     the returned sums are those of the global batch. ``step`` seeds the rank's own random stream.
+    ``refine`` is a strategy's posterior refinement (SA-VAE), passed to the model's forward pass.
     """
     world = world or World()
     core = getattr(model, "module", model)  # the TextVAE inside a DDP wrapper
@@ -159,7 +160,7 @@ def train_step(model, critic, batch, cfg: Config, kl_w: float, critic_w: float, 
     with rank_stream(world, cfg.seed, step):
         with autocast(precision, batch.input_ids.device):
             out = model(batch.input_ids, batch.attention_mask, batch.encoder_input_ids,
-                        batch.encoder_attention_mask, noise=noise)
+                        batch.encoder_attention_mask, noise=noise, refine=refine)
         loss = negative_elbo(out, kl_w, cfg.train.free_bits, cfg.train.free_bits_mode)
         b = batch.input_ids.size(0)
         sums = {"rec": float(out.rec.detach().sum()), "kl": float(out.kl.detach().sum()), "n": b}
@@ -415,7 +416,8 @@ def _epochs(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_
             loop.step = counted(functools.partial(
                 train_step, trained, critic, cfg=cfg, kl_w=weight, critic_w=critic_weight(state["step"], cfg.critic),
                 optimizer=loop.optimizer, critic_optimizer=critic_optimizer, critic_params=critic_params,
-                precision=precision, world=world, step=state["step"], scaler=scaler))
+                precision=precision, world=world, step=state["step"], scaler=scaler,
+                refine=strategies.refinement(state, weight)))
             for key, value in strategies.before_step(loop, batch).items():  # e.g. aggressive encoder updates
                 sums[key] += value
             batch_sums = loop.step(batch, update=strategies.update(state))

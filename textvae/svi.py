@@ -1,0 +1,94 @@
+"""Semi-amortized inference (Kim, Wiseman, Miller, Sontag & Rush, ICML 2018, "Semi-amortized variational
+autoencoders"): the encoder's posterior is only the start; a few steps of stochastic variational inference
+refine it per sequence.
+
+From λ₀ = (μ, log σ²) given by the encoder, K steps of gradient descent with momentum on the negative
+ELBO of the batch (their Algorithm 1, as their ``OptimN2N``):
+
+    v_k = m · v_{k−1} − clip(∇_λ L(λ_{k−1})),   λ_k = λ_{k−1} + lr · v_k,
+
+with L the batch mean of rec + β · KL under one fresh reparameterised sample per step, and the gradient
+of μ and of log σ² each clipped to norm ``max_grad_norm`` over the batch. Their text setup: K = 20,
+lr 1, m = 0.5, clip 5. The decoder then trains at λ_K.
+
+``gradient="through"`` is their end-to-end variant: the steps are differentiated (the Hessian-vector
+products of their eq. 5 come from ``torch.autograd.grad(..., create_graph=True)`` instead of finite
+differences), so the encoder and the decoder also learn through the refinement. ``"stop"`` refines from
+a detached λ₀ and trains the encoder towards the refined posterior, KL(q_λ₀ ‖ sg(q_λK)) (their
+``--train_n2n 0 --train_kl 1``): no gradient reaches the encoder through the steps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import Independent, kl_divergence
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .modules.posterior import diagonal_gaussian
+
+
+def _clipped(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """``grad`` scaled to norm ``max_norm`` over the whole tensor when it is longer (0: no clipping)."""
+    if max_norm <= 0:
+        return grad
+    norm = grad.detach().norm()
+    return grad * torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+
+
+def batch_negative_elbo(model, input_ids: torch.Tensor, loc: torch.Tensor, logvar: torch.Tensor,
+                        kl_weight: float, twice_differentiable: bool, samples: int = 1) -> torch.Tensor:
+    """Batch mean of −log p(x|z) + β · KL(q ‖ p), −log p(x|z) averaged over ``samples`` fresh samples
+    z ~ q = N(loc, exp(logvar)) (Kim et al.: one).
+
+    ``twice_differentiable`` takes the output layer unfused (logits, then cross-entropy), whose
+    gradient can itself be differentiated. Shape: input_ids (B, T), loc, logvar (B, D) → ().
+    """
+    q = diagonal_gaussian(loc, torch.exp(0.5 * logvar))
+    rec = 0.0
+    for _ in range(samples):
+        z = loc + torch.empty_like(loc).normal_() * q.base_dist.scale  # (B, D), drawn as evaluation skips it
+        if twice_differentiable:
+            with sdpa_kernel(SDPBackend.MATH):  # attention whose backward has a derivative (Transformers)
+                logits = model.decode(input_ids[:, :-1], z)  # (B, T-1, V)
+            targets = input_ids[:, 1:]
+            rec = rec + F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                                        ignore_index=model.config.pad_id, reduction="none").view(targets.shape).sum(-1)
+        else:
+            rec = rec + model.reconstruction_nll(input_ids, z)
+    return (rec / samples + kl_weight * kl_divergence(q, model.prior())).mean()
+
+
+def refine_posterior(model, posterior: Independent, input_ids: torch.Tensor, *, steps: int, lr: float = 1.0,
+                     momentum: float = 0.5, max_grad_norm: float = 5.0, kl_weight: float = 1.0,
+                     gradient: str = "through", samples: int = 1) -> tuple[Independent, torch.Tensor | None]:
+    """SA-VAE's refinement of ``posterior`` (= q_λ₀(z|x)) by ``steps`` SVI steps; see the module docstring.
+
+    Returns the refined posterior and, for ``gradient="stop"`` while gradients are on, the per-sequence
+    loss that trains the encoder (KL(q_λ₀ ‖ sg(q_λK)), (B,)); else None. With gradients off (evaluation)
+    the refined posterior is a constant. ``steps = 0`` returns ``posterior`` itself. ``samples``: posterior
+    samples per step's gradient (Kim et al. and every recipe: 1).
+    Shape: posterior batch shape (B,), input_ids (B, T).
+    """
+    if steps == 0:
+        return posterior, None
+    training = torch.is_grad_enabled()
+    through = training and gradient == "through"
+    loc0, logvar0 = posterior.base_dist.loc, 2 * torch.log(posterior.base_dist.scale)  # λ₀, (B, D) each
+    params = [loc0, logvar0] if through else [loc0.detach(), logvar0.detach()]
+    velocity = [torch.zeros_like(p) for p in params]
+    with torch.enable_grad():  # evaluation runs under no_grad; the steps need ∇_λ
+        for _ in range(steps):
+            leaves = params if through else [p.detach().requires_grad_() for p in params]
+            loss = batch_negative_elbo(model, input_ids, *leaves, kl_weight, twice_differentiable=through,
+                                       samples=samples)
+            grads = torch.autograd.grad(loss, leaves, create_graph=through)
+            velocity = [momentum * v - _clipped(g, max_grad_norm) for v, g in zip(velocity, grads, strict=True)]
+            params = [p + lr * v for p, v in zip(leaves if through else params, velocity, strict=True)]
+            if not through:
+                params, velocity = [p.detach() for p in params], [v.detach() for v in velocity]
+    refined = diagonal_gaussian(params[0], torch.exp(0.5 * params[1]))
+    if training and gradient == "stop":
+        target = diagonal_gaussian(params[0].detach(), torch.exp(0.5 * params[1]).detach())
+        return refined, kl_divergence(posterior, target)
+    return refined, None
