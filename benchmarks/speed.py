@@ -43,6 +43,7 @@ from torch import nn
 from textvae.builders import build_datasets, build_model
 from textvae.config import load_recipe
 from textvae.data import TextDataset
+from textvae.he2019 import to_he2019
 from textvae.metrics import iw_chunk_size, iw_log_weights, iw_nll_from_log_weights
 from textvae.modules.critics import build_critic
 from textvae.precision import CPU_BF16_FLAGS, cpu_flags
@@ -78,45 +79,40 @@ def _timed(fn) -> float:
 
 class HeVAE(nn.Module):
     """The LSTM VAE of He et al. (2019): encoder LSTM → last state → (μ, log σ²); decoder LSTM with z concatenated
-    to every input, c0 = W z, h0 = tanh(c0). Built with textvae's parameter shapes so that weights can be shared."""
+    to every input, c0 = W z, h0 = tanh(c0); no bias on the posterior head or the output layer. Its modules carry
+    their names (``encoder.linear``, ``decoder.pred_linear``, ...), so a textvae model's weights load through
+    :func:`textvae.he2019.to_he2019`."""
 
     def __init__(self, vocab: int, embed: int, hidden: int, latent: int, dropout: float):
         super().__init__()
-        self.enc_embed, self.enc_lstm = nn.Embedding(vocab, embed), nn.LSTM(embed, hidden, batch_first=True)
-        self.enc_linear = nn.Linear(hidden, 2 * latent)
-        self.dec_embed = nn.Embedding(vocab, embed)
-        self.dec_lstm = nn.LSTM(embed + latent, hidden, batch_first=True)
-        self.trans_linear = nn.Linear(latent, hidden, bias=False)
-        self.pred_linear = nn.Linear(hidden, vocab)
+        self.encoder, self.decoder = nn.Module(), nn.Module()
+        self.encoder.embed, self.encoder.lstm = nn.Embedding(vocab, embed), nn.LSTM(embed, hidden, batch_first=True)
+        self.encoder.linear = nn.Linear(hidden, 2 * latent, bias=False)
+        self.decoder.embed = nn.Embedding(vocab, embed)
+        self.decoder.lstm = nn.LSTM(embed + latent, hidden, batch_first=True)
+        self.decoder.trans_linear = nn.Linear(latent, hidden, bias=False)
+        self.decoder.pred_linear = nn.Linear(hidden, vocab, bias=False)
         self.drop_in, self.drop_out = nn.Dropout(dropout), nn.Dropout(dropout)
         self.loss = nn.CrossEntropyLoss(reduction="none")
 
-    NAMES = {"encoder.embed": "enc_embed", "encoder.lstm": "enc_lstm", "posterior.linear": "enc_linear",
-             "decoder.embed": "dec_embed", "decoder.lstm": "dec_lstm", "decoder.trans_linear": "trans_linear",
-             "decoder.pred_linear": "pred_linear"}
-
     def load_textvae(self, model) -> HeVAE:
-        state = {}
-        for name, value in model.state_dict().items():
-            prefix = next(p for p in self.NAMES if name.startswith(p + "."))
-            state[self.NAMES[prefix] + name[len(prefix):]] = value
-        self.load_state_dict(state)
+        self.load_state_dict(to_he2019(model.state_dict()))
         return self
 
     def encode(self, x):
-        _, (last, _) = self.enc_lstm(self.enc_embed(x))
-        return self.enc_linear(last[0]).chunk(2, -1)  # μ, log σ²: (B, D) each
+        _, (last, _) = self.encoder.lstm(self.encoder.embed(x))
+        return self.encoder.linear(last[0]).chunk(2, -1)  # μ, log σ²: (B, D) each
 
     def reconstruct_error(self, x, z):
         """Per-sequence −log p(x|z); z (B, S, D) → (B, S)."""
         b, s, d = z.shape
         src, tgt = x[:, :-1], x[:, 1:]
-        emb = self.drop_in(self.dec_embed(src)).unsqueeze(1).expand(b, s, *src.shape[1:], -1).reshape(b * s, src.size(1), -1)
+        emb = self.drop_in(self.decoder.embed(src)).unsqueeze(1).expand(b, s, *src.shape[1:], -1).reshape(b * s, src.size(1), -1)
         zz = z.reshape(b * s, d)
         emb = torch.cat([emb, zz.unsqueeze(1).expand(-1, src.size(1), -1)], -1)
-        c0 = self.trans_linear(zz).unsqueeze(0)
-        out, _ = self.dec_lstm(emb, (torch.tanh(c0), c0))
-        logits = self.pred_linear(self.drop_out(out))
+        c0 = self.decoder.trans_linear(zz).unsqueeze(0)
+        out, _ = self.decoder.lstm(emb, (torch.tanh(c0), c0))
+        logits = self.decoder.pred_linear(self.drop_out(out))
         tgt = tgt.unsqueeze(1).expand(b, s, -1).reshape(b * s, -1)
         return self.loss(logits.reshape(-1, logits.size(-1)), tgt.reshape(-1)).view(b, s, -1).sum(-1)
 
@@ -151,8 +147,7 @@ def he_step(model: HeVAE, enc_opt, dec_opt, x) -> None:
 
 
 def he_optimisers(model: HeVAE):
-    enc = [p for n, p in model.named_parameters() if n.startswith("enc_")]
-    dec = [p for n, p in model.named_parameters() if not n.startswith("enc_")]
+    enc, dec = list(model.encoder.parameters()), list(model.decoder.parameters())
     return torch.optim.SGD(enc, lr=1.0), torch.optim.SGD(dec, lr=1.0)
 
 

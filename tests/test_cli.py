@@ -20,7 +20,7 @@ from textvae.methods import METHODS, method_table
 from textvae.tracking import read_metrics
 
 EVAL_KEYS = {"nll", "nll_stderr", "ppl", "elbo", "rec", "kl", "mi", "mi_ceiling", "mi_batch", "au", "iw_samples",
-             "num_sequences", "num_tokens", "nll_per_word", "ppl_per_word", "num_words"}
+             "num_sequences", "num_tokens", "nll_per_word", "ppl_per_word", "num_words", "svi_steps"}
 
 
 # --- end to end -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from textvae.data import TextDataset
 from textvae.evaluation import EvalResult, evaluate
 
 KEYS = {"nll", "nll_stderr", "ppl", "elbo", "rec", "kl", "mi", "mi_ceiling", "mi_batch", "au", "iw_samples",
-        "num_sequences", "num_tokens", "nll_per_word", "ppl_per_word", "num_words"}
+        "num_sequences", "num_tokens", "nll_per_word", "ppl_per_word", "num_words", "svi_steps"}
 
 
 def test_eval_result_fields_follow_the_protocol(informative_model, tiny_dataset):

@@ -35,11 +35,14 @@ def _layer(seed: int = 0, n: int = 37, h: int = 8, v: int = 50, device: str = "c
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("upstream", ["sum", "per-position weights"])
-def test_fused_layer_equals_linear_then_cross_entropy(monkeypatch, upstream, device):
+@pytest.mark.parametrize("upstream", ["sum", "mean", "per-position weights"])
+@pytest.mark.parametrize("buffer_rows", [64, 16])  # the weight's gradient in one product, or in several
+def test_fused_layer_equals_linear_then_cross_entropy(monkeypatch, upstream, device, buffer_rows):
     monkeypatch.setattr(output, "BLOCK_BYTES", 4 * 50 * 6)  # blocks of 16 rows: several blocks, a ragged last one
+    monkeypatch.setattr(output, "GRAD_BUFFER_BYTES", 4 * 50 * buffer_rows)
     hidden, weight, bias, targets = _layer(device=device)
-    weights = torch.rand(targets.shape) if upstream != "sum" else torch.ones(targets.shape)
+    weights = {"sum": torch.ones(targets.shape), "mean": torch.full(targets.shape, 1 / targets.numel()),
+               "per-position weights": torch.rand(targets.shape)}[upstream]
     weights = weights.to(device)
     ours = linear_cross_entropy(hidden, weight, bias, targets, ignore_index=0)
     (ours * weights).sum().backward()
@@ -52,6 +55,16 @@ def test_fused_layer_equals_linear_then_cross_entropy(monkeypatch, upstream, dev
     assert bool((ours[targets == 0] == 0).all())
     for mine, theirs in zip(got, (hidden.grad, weight.grad, bias.grad), strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_layer_backward_twice_with_retained_graph():
+    """The backward scales its saved gradients in place; a second backward (retain_graph) recomputes them."""
+    hidden, weight, bias, targets = _layer()
+    loss = linear_cross_entropy(hidden, weight, bias, targets, ignore_index=0).mean()
+    first = torch.autograd.grad(loss, (hidden, weight, bias), retain_graph=True)
+    second = torch.autograd.grad(loss, (hidden, weight, bias))
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -6,7 +6,7 @@ elementwise passes over N × V numbers run in cache instead of main memory, and
 positions whose target is padding are skipped before the matrix product. When
 gradients are needed, the forward pass also forms each block's gradient
 (softmax − one-hot) while the block is in cache, and keeps only the (N, H), (V, H)
-and (V,) gradients of Σ nll; the backward pass scales them by the incoming
+and (V,) gradients of Σ nll (the (V, H) one from a buffer of gradient rows, one product per buffer); the backward pass scales them by the incoming
 gradient, which a sum or mean of the per-position losses makes the same for every
 position (a non-uniform one recomputes the blocks with its weights). The values are
 those of ``F.cross_entropy(F.linear(h, W, b), targets, reduction="none")`` up to
@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 BLOCK_BYTES = 4 * 2**20  # one block of logits: about 4 MiB, in cache (fastest of 1-16 MiB, PTB, one core)
+GRAD_BUFFER_BYTES = 64 * 2**20  # gradient rows gathered for one product with the features (PTB: a whole step)
 
 
 def block_rows(vocab_size: int) -> int:
@@ -28,42 +29,61 @@ def block_rows(vocab_size: int) -> int:
 def _blocks(hidden, weight, bias, targets, rows: int, row_weights=None, grads: bool = False):
     """nll per row, and with ``grads`` the gradients of Σ_i w_i nll_i (w = ``row_weights``, or 1).
 
+    The logits are formed ``rows`` at a time (a block in cache); each block's gradient (softmax − one-hot,
+    in the products' dtype) goes into a buffer of up to :data:`GRAD_BUFFER_BYTES`, and the weight's gradient
+    is one matrix product per full buffer (for PTB, one per step) rather than one per block: a product of
+    inner size ``rows`` reads and writes the whole (V, H) gradient for little arithmetic.
+
     Shape: hidden (N, H), weight (V, H), bias (V,) or None, targets (N,) (all valid) → nll (N,),
-    then grad_hidden (N, H), grad_weight (V, H), grad_bias (V,) or None.
+    then grad_hidden (N, H), grad_weight (V, H) (fp32), grad_bias (V,) or None.
     """
-    n = hidden.size(0)
+    n, vocab = hidden.size(0), weight.size(0)
     nll = hidden.new_empty(n, dtype=torch.float32)
-    g_h = torch.empty_like(hidden) if grads else None
-    g_w = torch.zeros_like(weight, dtype=torch.float32) if grads else None
-    g_b = torch.zeros_like(bias, dtype=torch.float32) if grads and bias is not None else None
     low = hidden.dtype != torch.float32  # bf16 features (autocast): products in bf16, the softmax in fp32
     w = weight.to(hidden.dtype)
+    g_h = g_w = g_b = buffer = None
+    if grads:
+        g_h = torch.empty_like(hidden)
+        g_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
+        per_flush = max(rows, GRAD_BUFFER_BYTES // (vocab * hidden.element_size())) // rows * rows
+        buffer = hidden.new_empty(min(n, per_flush), vocab)  # gradient rows awaiting the weight's product
+    flushed = 0  # rows whose gradient is in g_w
     for start in range(0, n, rows):
         h, t = hidden[start : start + rows], targets[start : start + rows]
+        # fp32 with gradients: the logits are formed in the buffer, and become the gradient there in place
+        slot = buffer[start - flushed : start - flushed + t.size(0)] if grads else None
+        out = slot if grads and not low else None
         if low:
             logits = (h @ w.t()).float()  # (n', V)
             if bias is not None:
                 logits += bias.float()
+        elif bias is None:
+            logits = torch.mm(h, w.t(), out=out)  # (n', V)
         else:
-            logits = h @ w.t() if bias is None else torch.addmm(bias, h, w.t())  # (n', V)
+            logits = torch.addmm(bias, h, w.t(), out=out)
         picked = logits.gather(1, t[:, None])[:, 0]
         # log-sum-exp in place, with one exp pass over the block: exp(x − max) is also the softmax's numerator
         top = logits.amax(dim=1, keepdim=True)  # (n', 1)
         total = logits.sub_(top).exp_().sum(dim=1, keepdim=True)  # the logits now hold exp(x − max)
         nll[start : start + rows] = (total.log() + top)[:, 0] - picked
-        if grads:
-            grad = logits.div_(total)  # softmax, in place of the logits
-            grad[torch.arange(t.size(0), device=t.device), t] -= 1.0
-            if row_weights is not None:
-                grad.mul_(row_weights[start : start + rows, None])
-            if g_b is not None:
-                g_b += grad.sum(0)
-            grad = grad.to(hidden.dtype)
-            g_h[start : start + rows] = grad @ w
-            if low:
-                g_w += (grad.t() @ h).float()
-            else:
-                g_w.addmm_(grad.t(), h)
+        if not grads:
+            continue
+        grad = logits.div_(total)  # softmax, in place of the logits
+        grad[torch.arange(t.size(0), device=t.device), t] -= 1.0
+        if row_weights is not None:
+            grad.mul_(row_weights[start : start + rows, None])
+        if g_b is not None:
+            g_b += grad.sum(0)
+        if low:
+            slot.copy_(grad)  # into the products' dtype
+        g_h[start : start + rows] = slot @ w
+        end = start + t.size(0)
+        if end - flushed == buffer.size(0) or end == n:  # the buffer is full (or the rows are done)
+            part = buffer[: end - flushed].t() @ hidden[flushed:end]  # (V, H)
+            g_w = part.float() if g_w is None else g_w.add_(part)
+            flushed = end
+    if grads and g_w is None:  # no rows
+        g_w = torch.zeros_like(weight, dtype=torch.float32)
     return nll, g_h, g_w, g_b
 
 
@@ -73,25 +93,30 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, rows):
         grads = any(ctx.needs_input_grad[:3])
+        ctx.grads_used = False
         with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are chosen here, block by block
             nll, g_h, g_w, g_b = _blocks(hidden, weight, bias, targets, rows, grads=grads)
         if grads:
-            ctx.save_for_backward(hidden, weight, bias, targets, g_h, g_w, g_b)
-            ctx.rows = rows
+            ctx.save_for_backward(hidden, weight, bias, targets)
+            ctx.grads, ctx.rows = (g_h, g_w, g_b), rows  # our own tensors: the backward scales them in place
         return nll
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_nll):
-        hidden, weight, bias, targets, g_h, g_w, g_b = ctx.saved_tensors
-        scale = grad_nll[:1]
-        if not bool((grad_nll == scale).all()):  # not a plain sum or mean: redo the blocks with these weights
+        hidden, weight, bias, targets = ctx.saved_tensors
+        g_h, g_w, g_b = ctx.grads
+        uniform = bool((grad_nll == grad_nll[:1]).all())
+        if ctx.grads_used or not uniform:  # not a plain sum or mean (or a second backward): redo the blocks
             _, g_h, g_w, g_b = _blocks(hidden, weight, bias, targets, ctx.rows, row_weights=grad_nll, grads=True)
-            scale = torch.ones((), dtype=grad_nll.dtype, device=grad_nll.device)
-        else:
-            scale = scale[0]
-        return (g_h * scale.to(g_h.dtype), (g_w * scale).to(weight.dtype),
-                None if g_b is None else (g_b * scale).to(bias.dtype), None, None)
+        else:  # the gradients of Σ nll, scaled in place by the one weight every position has
+            scale = grad_nll[0]
+            g_h.mul_(scale.to(g_h.dtype))
+            g_w.mul_(scale)
+            if g_b is not None:
+                g_b.mul_(scale)
+        ctx.grads_used = True
+        return (g_h, g_w.to(weight.dtype), None if g_b is None else g_b.to(bias.dtype), None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
