@@ -228,7 +228,11 @@ def iw_rates(cfg, datasets, tok, sentences: int, repeats: int) -> dict:
             t0 = time.perf_counter()
             values[name] = fn()
             times[name].append(len(test) / (time.perf_counter() - t0))
+    m = cfg.model  # the decoder's products per sample and predicted token: LSTM gates and the output layer
+    flops = 2 * 500 * test.num_predicted_tokens / len(test) * (
+        4 * m.dec_hidden_dim * (m.embed_dim + m.latent_dim + m.dec_hidden_dim) + m.dec_hidden_dim * tok.vocab_size)
     return {"sentences": len(test), "tokens": test.num_predicted_tokens, "nll": values,
+            "flops_per_sentence": flops,
             **{name: {"median": statistics.median(t), "runs": t} for name, t in times.items()}}
 
 
@@ -340,9 +344,17 @@ def main() -> None:
         iw = iw_rates(cfg, datasets, tok, args.sentences, args.repeats)
         result["iw_nll"] = iw
         ratio = iw["textvae"]["median"] / iw["He et al. loop"]["median"]
+        peak = result["peak_gflops"]["fp32"] * 1e9
+        iw["utilisation"] = {name: iw[name]["median"] * iw["flops_per_sentence"] / peak
+                             for name in ("textvae", "He et al. loop")}
+        iw["peak_bound_ratio"] = peak / iw["flops_per_sentence"] / iw["He et al. loop"]["median"]
         print(f"\nIW-NLL K=500, {iw['sentences']} sentences: textvae {iw['textvae']['median']:.3f} sentences/s, "
               f"He et al.'s loop {iw['He et al. loop']['median']:.3f} ({ratio:.2f}×); mean nll "
               f"{iw['nll']['textvae']:.3f} vs {iw['nll']['He et al. loop']:.3f}")
+        print(f"decoder arithmetic {iw['flops_per_sentence'] / 1e9:.1f} GFLOP/sentence: textvae at "
+              f"{iw['utilisation']['textvae']:.0%} of the fp32 matmul peak, He et al.'s loop at "
+              f"{iw['utilisation']['He et al. loop']:.0%}; at 100% textvae would be "
+              f"{iw['peak_bound_ratio']:.2f}× their loop")
     if "memory" not in skip:
         result["yahoo_iw_memory"] = yahoo_iw_memory()
         print(f"IW-NLL memory, Yahoo-sized batch (32 × 200 tokens, V 20k, lstm-he2019): peak "

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..config import LATENT_INJECTIONS
 from ..errors import TextVAEError
+from .dropout import Dropout
 from .hf import config_dict, load_pretrained
 from .transformer import Stack, TokenEmbedding
 
@@ -77,8 +78,8 @@ class LSTMDecoder(nn.Module):
         self.latent_dim = latent_dim
         self.word_dropout_p, self.unk_id, self.keep_ids = word_dropout_p, unk_id, keep_ids
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
-        self.dropout_in = nn.Dropout(dropout_in)
-        self.dropout_out = nn.Dropout(dropout_out)
+        self.dropout_in = Dropout(dropout_in)
+        self.dropout_out = Dropout(dropout_out)
         self.lstm = nn.LSTM(embed_dim + latent_dim, hidden_dim, batch_first=True)
         self.trans_linear = nn.Linear(latent_dim, hidden_dim, bias=False) if latent_dim else None
         self.pred_linear = nn.Linear(hidden_dim, vocab_size, bias=output_bias)  # He et al.: no bias
@@ -171,7 +172,7 @@ class TransformerDecoder(nn.Module):
         self.prefix = 1 if latent_dim and injection == "prefix" else 0  # leading positions that are not tokens
         self.tokens = TokenEmbedding(vocab_size=vocab_size, dim=dim, positions=positions,
                                      max_positions=max_positions + self.prefix, pad_id=pad_id)
-        self.dropout_in, self.dropout_out = nn.Dropout(dropout_in), nn.Dropout(dropout_out)
+        self.dropout_in, self.dropout_out = Dropout(dropout_in), Dropout(dropout_out)
         self.stack = Stack(dim=dim, num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout)
         out_dim = dim * (num_layers if injection == "memory" else 1)
         self.latent = nn.Linear(latent_dim, out_dim, bias=False) if latent_dim else None  # Optimus: no bias

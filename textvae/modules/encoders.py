@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import POOLINGS
 from ..errors import TextVAEError
+from .dropout import Dropout
 from .hf import config_dict, load_pretrained
 from .transformer import Stack, TokenEmbedding
 
@@ -71,7 +72,7 @@ class TransformerEncoder(nn.Module):
                                "by mean or first; pooler needs model.encoder=pretrained)")
         self.tokens = TokenEmbedding(vocab_size=vocab_size, dim=dim, positions=positions, max_positions=max_positions,
                                      pad_id=pad_id)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.stack = Stack(dim=dim, num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout)
         self.pooling, self.output_dim, self.pad_id = pooling, dim, pad_id
         self.reset_parameters()

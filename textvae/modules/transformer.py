@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import POSITIONS
 from ..errors import TextVAEError
+from .dropout import Dropout
 
 
 def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
@@ -104,7 +105,7 @@ class Block(nn.Module):
         self.attn = Attention(dim=dim, num_heads=num_heads, dropout=dropout)
         self.ln_ffn = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False, past=None):
         """Shape: (N, T, d) → ((N, T, d), this layer's keys and values)."""
