@@ -30,7 +30,7 @@ from textvae.tracking import read_metrics
 from textvae.training import fit
 
 HERE = Path(__file__).parent
-TIMING = ("seconds", "tokens_per_s")
+TIMING = ("seconds", "tokens_per_s", "train_seconds")
 
 
 def torchrun(*args: str, ranks: int = 2, timeout: float = 240, wait: bool = True):

@@ -44,7 +44,7 @@ from textvae.tokenization import TOKENIZERS, load_tokenizer
 from textvae.tracking import read_metrics
 from textvae.training import fit
 
-TIMING = ("tokens_per_s", "seconds")  # the only figures of metrics.jsonl that depend on the clock
+TIMING = ("tokens_per_s", "seconds", "train_seconds")  # the only figures of metrics.jsonl that depend on the clock
 
 
 def digests(root: Path) -> dict[str, str]:

@@ -205,6 +205,9 @@ class TrainConfig:
     log_every_steps: int = key(50, ge=1)  # training metrics line every N steps
     checkpoint_every_steps: int | None = key(None, ge=1)  # also checkpoint mid-epoch every N steps (None: epoch ends)
     keep_checkpoints: int = key(2, ge=1)  # last N checkpoints kept in checkpoints/
+    # copy the best model so far to snapshots/minutes-M/ once training time (validation excluded) reaches M
+    # minutes, for each M listed: the model an equal-compute study evaluates at a fraction of its budget
+    snapshot_minutes: list[float] = key(factory=list, gt=0.0)
     # where training metrics go: jsonl (metrics.jsonl, the run's record: always) and tensorboard (DIR/tensorboard,
     # the `tensorboard` extra)
     loggers: list[str] = key(factory=lambda: ["jsonl"], choices=LOGGER_TYPES)
@@ -244,6 +247,9 @@ class EvalConfig:
     mi_batch_size: int = key(32, ge=1)
     max_chunk_logits: int = key(64_000_000, ge=1)  # IW-NLL decodes samples in chunks of at most this many logits
     au_threshold: float = key(0.01, ge=0.0)  # He et al.'s active-unit threshold on Var_x(E_q[z_d|x])
+    # per-epoch validation: IW-NLL with this K in the record's nll and ppl (0: −ELBO, the cheapest); model
+    # selection stays on −ELBO either way
+    valid_iw_samples: int = key(0, ge=0)
     # SA-VAE's test-time refinement (Kim et al. 2018) before IW-NLL, kl, mi and au: SVI steps (0 = the encoder's
     # posterior, comparable across methods), their lr, momentum and gradient clip
     svi_steps: int = key(0, ge=0)

@@ -403,6 +403,24 @@ def _epochs(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_
         return run_step
 
     loop = _Loop(run, cfg, model, critic, state, device, metrics, optimizer)
+    def snapshot_due(running_seconds: float) -> None:
+        """train.snapshot_minutes: the best model so far (the current one before any validation), once each."""
+        taken = state.setdefault("snapshots", [])
+        spent = state["train_seconds"] + running_seconds
+        for minutes in tc.snapshot_minutes:
+            if minutes in taken or spent < 60 * minutes:
+                continue
+            if world.main:
+                best = run / MODEL_DIR
+                target = run / "snapshots" / f"minutes-{minutes:g}"
+                target.parent.mkdir(exist_ok=True)
+                if best.is_dir():
+                    save_model_dir(*load_model_dir(best), target)
+                else:
+                    save_model_dir(model, tokenizer, target)
+            taken.append(minutes)
+            loop.event({"epoch": state["epoch"] + 1, "event": "snapshot", "minutes": minutes, "train_seconds": spent})
+
     stop = budget_spent() or state["n_decays"] >= tc.max_lr_decays
     while not stop and state["epoch"] < tc.max_epochs:
         batches = train_set.batches(tc.batch_size, shuffle=True, seed=cfg.seed * 100_003 + state["epoch"])
@@ -467,12 +485,14 @@ def _epochs(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_
                 if interrupted.is_set():
                     raise TrainingInterrupted(f"interrupted at step {state['step']}: checkpoint written to {path}; "
                                               "run the same command with --resume to continue")
+            snapshot_due(time.perf_counter() - part_start)
             if agreed["spent"]:
                 stop = True
                 break
         seconds = time.perf_counter() - t0
         state["train_seconds"] += time.perf_counter() - part_start
-        val = evaluate(model, valid_set, cfg.eval, device, iw=False, seed=cfg.seed, progress=False, world=world)
+        val = evaluate(model, valid_set, replace(cfg.eval, iw_samples=cfg.eval.valid_iw_samples or 1), device,
+                       iw=cfg.eval.valid_iw_samples > 0, seed=cfg.seed, progress=False, world=world)
         val_loss = strategies.selection_loss(state, val, -val.elbo)  # −ELBO unless a strategy selects otherwise
         val_loss = broadcast(val_loss, world)  # the lr rule, early stopping and reloads follow rank 0
         whole_epoch = state["batch_in_epoch"] >= len(batches)
@@ -480,7 +500,8 @@ def _epochs(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_
         weight = strategies.kl_weight(state, kl_weight(state["step"], steps_per_epoch, tc, state["schedule_start_step"]))
         record = {"split": "valid", "step": state["step"], "epoch": state["epoch"] + 1, "loss": val_loss,
                   "rec": val.rec, "kl": val.kl, "mi": val.mi, "mi_batch": val.mi_batch, "au": val.au,
-                  "ppl": val.ppl, "kl_weight": weight, "lr": state["lr"],
+                  "nll": val.nll, "iw_samples": val.iw_samples, "ppl": val.ppl, "kl_weight": weight, "lr": state["lr"],
+                  "train_seconds": state["train_seconds"],
                   "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9),
                   "epoch_fraction": (state["batch_in_epoch"] - first_batch) / len(batches),
                   "bad_steps": state["bad_steps"], **strategies.fields(state, sums)}
