@@ -13,7 +13,7 @@ import matplotlib.image
 import pytest
 from conftest import SMALL_TEXT, assert_one_line_error, run_cli, write_corpus
 
-from textvae import tracking
+from textvae import latent
 from textvae.config import load_recipe
 from textvae.generation import STRATEGIES
 from textvae.training import fit
@@ -158,13 +158,13 @@ def test_plot_an_unlabelled_run(debug_run, cli_main, tmp_path):
 
 def test_plot_a_labelled_run_colours_by_label(labelled_run, cli_main, monkeypatch):
     seen = {}
-    draw = tracking.plot_latent_space
+    draw = latent.plot_latent_space
 
     def spy(points, labels, out_png, title=""):
         seen.update(n=len(points), labels=labels)
         return draw(points, labels, out_png, title)
 
-    monkeypatch.setattr(tracking, "plot_latent_space", spy)
+    monkeypatch.setattr(latent, "plot_latent_space", spy)
     ok(cli_main("plot", labelled_run))  # into the run directory
     assert seen == {"n": 12, "labels": [i % 3 for i in range(12)]}
     for name in ("curves.png", "latent.png"):

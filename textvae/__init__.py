@@ -16,9 +16,9 @@ from .errors import TextVAEError
 from .evaluation import EvalResult
 from .generation import DecodeConfig
 from .latent import analogy, interpolate, interpolate_pairs, reconstruct, sample
+from .latent import plot_run as plot
 from .model import TextVAE
 from .run import Run
-from .tracking import plot_run as plot
 
 __all__ = ["Comparison", "Config", "DecodeConfig", "EvalResult", "ModelConfig", "Run", "TextVAE", "TextVAEError", "analogy",
            "compare", "evaluate", "interpolate", "interpolate_pairs", "load", "load_recipe", "plot", "reconstruct", "sample",

@@ -313,7 +313,7 @@ def plot(
     limit: int = typer.Option(None, "--limit", help="plot the first N validation sentences only"),
 ):
     """Write curves.png (training curves) and latent.png (validation posterior means, PCA, by label)."""
-    from .tracking import plot_run
+    from .latent import plot_run
 
     written = plot_run(run_dir, out, limit)
     for kind, path in written.items():

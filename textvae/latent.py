@@ -3,7 +3,8 @@
 ``sample`` (z from the prior), ``reconstruct`` (z from the posterior), ``interpolate``
 (linear or spherical paths between two posterior means) and ``analogy``
 (z(C) + z(B) − z(A)), each decoded with :func:`textvae.generation.generate` and scored
-with :mod:`textvae.scoring`. The CLI commands of the same names are thin layers over them.
+with :mod:`textvae.scoring`; ``plot_run`` draws a run's training curves and its posterior means
+(PCA). The CLI commands of the same names are thin layers over them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .errors import TextVAEError
 from .generation import DecodeConfig, check_path, eval_mode, generate, interpolation_path, num_latents
 from .run import Run
 from .scoring import corpus_bleu, distinct_n, exact_match, path_metrics, self_bleu
+from .tracking import plot_training_curves, pyplot, save_figure
 
 log = logging.getLogger("textvae")
 
@@ -246,3 +248,68 @@ def analogy(run, a: str, b: str, c: str, decoding: DecodeConfig | None = None, s
     check_sentences(lm, [a, b, c], ["sentence A", "sentence B", "sentence C"], strict)
     z_a, z_b, z_c = encode_texts(lm, [a, b, c])
     return decode_texts(lm, (z_c + z_b - z_a)[None], decoding, _seeded(lm, seed))[0]
+
+
+def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projection on the two principal components (an exact SVD of the centred points).
+
+    Returns the projected points and the fraction of the variance each component
+    explains. Shape: x (N, D) → (N, 2), (2,); missing components (D < 2) are zeros.
+    """
+    x = x.double() - x.double().mean(0)
+    _, s, vh = torch.linalg.svd(x, full_matrices=False)  # vh (min(N, D), D)
+    proj = x @ vh[:2].T  # (N, ≤2)
+    var = s**2
+    explained = var[:2] / var.sum().clamp_min(1e-300)
+    pad = 2 - proj.size(1)
+    return torch.nn.functional.pad(proj, (0, pad)).float(), torch.nn.functional.pad(explained, (0, pad)).float()
+
+
+def plot_latent_space(points: torch.Tensor, labels: list[int] | None, out_png: Path, title: str = "") -> Path:
+    """Scatter of 2-D points, coloured by class label when there are labels. Shape: points (N, 2)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    xy = points.cpu().numpy()
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.6)
+    else:
+        dots = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="viridis", s=6, alpha=0.7)
+        ax.legend(*dots.legend_elements(num=min(len(set(labels)), 10)), title="label", fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    fig.tight_layout()
+    return save_figure(fig, out_png)
+
+
+def plot_run(run, out_dir: str | Path | None = None, limit: int | None = None, device=None) -> dict[str, Path]:
+    """``curves.png`` (training curves) and ``latent.png`` (validation posterior means, PCA) of a run.
+
+    Written into ``out_dir`` (default: the run directory); points are coloured by label
+    when the corpus has labels (``data.format=tsv_label``). A language model has no
+    latent space, so it gets the curves only. ``limit`` keeps the first N validation
+    sentences. Returns ``{"curves": path, "latent": path}``.
+    """
+    from .data import load_split
+
+    if limit is not None and limit < 1:
+        raise TextVAEError(f"--limit must be >= 1, not {limit}")
+    run = Path(run)
+    lm = load(run, device=device)
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        raise TextVAEError(f"{run}: no metrics.jsonl to plot")
+    out = run if out_dir is None else Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise TextVAEError(f"--out must be a folder: {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"curves": plot_training_curves(metrics, out / "curves.png")}
+    if lm.model.latent_dim > 0:
+        read = load_split(lm.cfg.data, "valid")
+        texts, labels = read.texts[:limit], None if read.labels is None else read.labels[:limit]
+        points, explained = pca_2d(encode_texts(lm, texts).cpu())
+        title = (f"{lm.cfg.name}, method {lm.cfg.method}, seed {lm.cfg.seed}: "
+                 f"posterior means of {len(texts)} validation sentences\n"
+                 f"PCA: {explained[0]:.1%} + {explained[1]:.1%} of the variance")
+        written["latent"] = plot_latent_space(points, labels, out / "latent.png", title)
+    return written

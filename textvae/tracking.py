@@ -1,4 +1,4 @@
-"""Metrics as JSON lines, tqdm progress, and plots: training curves and the latent space.
+"""Metrics as JSON lines, tqdm progress, and the training-curve plot (the latent space is plotted by latent.py).
 
 Figures are written atomically (rendered in memory, then moved into place).
 """
@@ -9,8 +9,6 @@ import io
 import json
 import math
 from pathlib import Path
-
-import torch
 
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .errors import TextVAEError, reading
@@ -66,7 +64,7 @@ def read_metrics(path: Path, allow_partial_last: bool = False) -> list[dict]:
     return records
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,7 +77,7 @@ def save_figure(fig, out_png: Path) -> Path:
     """Write ``fig`` as a PNG atomically and close it."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(Path(out_png), buffer.getvalue())
     return Path(out_png)
 
@@ -90,7 +88,7 @@ def plot_training_curves(metrics_path: Path, out_png: Path) -> Path:
     The critic's terms get panels when the run logged them; the x axis is the step,
     with the epoch along the top.
     """
-    plt = _pyplot()
+    plt = pyplot()
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("split") == "train"]
     valid = [r for r in records if r.get("split") == "valid"]
@@ -121,69 +119,3 @@ def plot_training_curves(metrics_path: Path, out_png: Path) -> Path:
         ax.axis("off")
     fig.tight_layout()
     return save_figure(fig, out_png)
-
-
-def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projection on the two principal components (an exact SVD of the centred points).
-
-    Returns the projected points and the fraction of the variance each component
-    explains. Shape: x (N, D) → (N, 2), (2,); missing components (D < 2) are zeros.
-    """
-    x = x.double() - x.double().mean(0)
-    _, s, vh = torch.linalg.svd(x, full_matrices=False)  # vh (min(N, D), D)
-    proj = x @ vh[:2].T  # (N, ≤2)
-    var = s**2
-    explained = var[:2] / var.sum().clamp_min(1e-300)
-    pad = 2 - proj.size(1)
-    return torch.nn.functional.pad(proj, (0, pad)).float(), torch.nn.functional.pad(explained, (0, pad)).float()
-
-
-def plot_latent_space(points: torch.Tensor, labels: list[int] | None, out_png: Path, title: str = "") -> Path:
-    """Scatter of 2-D points, coloured by class label when there are labels. Shape: points (N, 2)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    xy = points.cpu().numpy()
-    if labels is None:
-        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.6)
-    else:
-        dots = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="viridis", s=6, alpha=0.7)
-        ax.legend(*dots.legend_elements(num=min(len(set(labels)), 10)), title="label", fontsize=7)
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
-    fig.tight_layout()
-    return save_figure(fig, out_png)
-
-
-def plot_run(run, out_dir: str | Path | None = None, limit: int | None = None, device=None) -> dict[str, Path]:
-    """``curves.png`` (training curves) and ``latent.png`` (validation posterior means, PCA) of a run.
-
-    Written into ``out_dir`` (default: the run directory); points are coloured by label
-    when the corpus has labels (``data.format=tsv_label``). A language model has no
-    latent space, so it gets the curves only. ``limit`` keeps the first N validation
-    sentences. Returns ``{"curves": path, "latent": path}``.
-    """
-    from .data import load_split
-    from .latent import encode_texts, load
-
-    if limit is not None and limit < 1:
-        raise TextVAEError(f"--limit must be >= 1, not {limit}")
-    run = Path(run)
-    lm = load(run, device=device)
-    metrics = run / "metrics.jsonl"
-    if not metrics.is_file():
-        raise TextVAEError(f"{run}: no metrics.jsonl to plot")
-    out = run if out_dir is None else Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise TextVAEError(f"--out must be a folder: {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    written = {"curves": plot_training_curves(metrics, out / "curves.png")}
-    if lm.model.latent_dim > 0:
-        read = load_split(lm.cfg.data, "valid")
-        texts, labels = read.texts[:limit], None if read.labels is None else read.labels[:limit]
-        points, explained = pca_2d(encode_texts(lm, texts).cpu())
-        title = (f"{lm.cfg.name}, method {lm.cfg.method}, seed {lm.cfg.seed}: "
-                 f"posterior means of {len(texts)} validation sentences\n"
-                 f"PCA: {explained[0]:.1%} + {explained[1]:.1%} of the variance")
-        written["latent"] = plot_latent_space(points, labels, out / "latent.png", title)
-    return written
