@@ -92,7 +92,7 @@ def test_training_saves_per_sequence_values_that_make_the_test_figures(two_runs)
 
 def test_a_run_against_itself_differs_by_exactly_zero(two_runs):
     result = compare(two_runs[0], two_runs[0])
-    assert (result.mean_diff, result.paired_stderr, result.wins_a) == (0.0, 0.0, 0)
+    assert (result.mean_diff, result.paired_stderr, result.mc_stderr, result.wins_a) == (0.0, 0.0, 0.0, 0)
     assert result.unit == "nats/sequence" and result.ppl_diff == 0.0
 
 
@@ -104,6 +104,7 @@ def test_two_runs_the_paired_error_is_smaller_than_either_own(two_runs):
     assert result.nll_a == pytest.approx(float(a.nll.mean())) and result.nll_b == pytest.approx(float(b.nll.mean()))
     assert result.paired_stderr < min(result.stderr_a, result.stderr_b)
     assert result.ci95[0] < result.mean_diff < result.ci95[1]
+    assert 0 < result.mc_stderr < result.paired_stderr  # independent evaluations: both runs' sampling noise
     reverse = compare(two_runs[1], two_runs[0])
     assert reverse.mean_diff == pytest.approx(-result.mean_diff)
     assert reverse.wins_a == int((b.nll < a.nll).sum()) and result.wins_a == int((a.nll < b.nll).sum())

@@ -80,6 +80,8 @@ def compare(run_a: Run | str | Path, run_b: Run | str | Path, split: str = "test
         raise TextVAEError(f"{names[0]} and {names[1]} tokenize the {split} text differently and the words of "
                            "the text are unknown, so no common unit exists")
     paired = paired_difference(a.nll, b.nll, a.mc_var, b.mc_var, units)
+    if np.array_equal(a.nll, b.nll) and np.array_equal(a.mc_var, b.mc_var):  # one evaluation against itself:
+        paired["mc_stderr"] = 0.0  # the same draws, so their Monte-Carlo errors cancel exactly
     u = np.ones(a.nll.size) if units is None else units.astype(np.float64)
 
     def own(values: PerSequence) -> tuple[float, float]:  # the run's mean in ``unit`` and its unpaired s.e.
