@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 
 import pytest
 import torch
@@ -74,10 +75,12 @@ def test_zero_steps_is_the_vae_step_exactly(batch):
 
 
 def test_sa_vae_with_zero_steps_is_the_annealed_vae_run(tmp_path):
-    """method=sa-vae with train.svi_steps=0 enables no strategy: the run is vae-anneal's, record for record."""
+    """method=sa-vae with no SVI steps (in training and evaluation) enables no strategy: the run is vae-anneal's,
+    record for record."""
     short = FAST + ["train.max_steps=6"]
-    assert not Strategies(load_recipe("debug", ["method=sa-vae", "train.svi_steps=0"]).train).items
-    a = fit(load_recipe("debug", short + ["method=sa-vae", "train.svi_steps=0"]), tmp_path / "a", progress=False)
+    off = ["method=sa-vae", "train.svi_steps=0", "eval.svi_steps=0"]
+    assert not Strategies(load_recipe("debug", off).train).items
+    a = fit(load_recipe("debug", short + off), tmp_path / "a", progress=False)
     b = fit(load_recipe("debug", short + ["method=vae-anneal"]), tmp_path / "b", progress=False)
 
     def strip(records):
@@ -149,6 +152,11 @@ def test_sa_vae_run_resumes_to_the_uninterrupted_run(tmp_path):
     assert_same_final_weights(straight, tmp_path / "resumed")
     train = [r for r in read_metrics(straight / "metrics.jsonl") if r["split"] == "train"]
     assert len(train) == 6 and all(r["kl_weight"] < 1 for r in train)  # Kim et al.'s warm-up from 0.1
+    # evaluated on refined posteriors, as the method says (and recorded); --svi-steps 0 gives the encoder's
+    import textvae
+
+    assert json.loads((straight / "eval_test.json").read_text())["svi_steps"] == 20
+    assert textvae.evaluate(straight, "valid", iw_samples=2, svi_steps=0).svi_steps == 0
 
 
 def test_sa_vae_is_refused_under_torchrun():
@@ -166,3 +174,39 @@ def test_evaluation_refines_only_when_asked_and_records_it(tiny_dataset):
     assert refined.nll < plain.nll + 3 * (plain.nll_stderr / 10 + 0.1)  # IW-NLL with better proposals: not worse
     again = evaluate(model, tiny_dataset, EvalConfig(iw_samples=20, svi_steps=20), progress=False)
     assert again.nll == refined.nll and again.mi == refined.mi  # seeded, like every evaluation
+
+
+def test_backward_clip_scales_the_incoming_gradients_jointly():
+    from textvae.svi import _ClipBackward
+
+    a, b = torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)
+    x, y = _ClipBackward.apply(5.0, a, b)
+    assert torch.equal(x, a) and torch.equal(y, b)  # the identity forward
+    (x * torch.tensor([30.0, 0.0, 0.0]) + 0 * x).sum().backward(retain_graph=True)
+    (y * torch.tensor([0.0, 40.0])).sum().backward()
+    # the two backward calls are separate: each gradient (norms 30 and 40) is scaled to norm 5 on its own
+    assert a.grad.norm() == pytest.approx(5.0, rel=1e-5) and b.grad.norm() == pytest.approx(5.0, rel=1e-5)
+    a.grad = b.grad = None
+    x, y = _ClipBackward.apply(5.0, a, b)
+    (x[0] * 30.0 + y[1] * 40.0).backward()  # one backward: the joint norm 50 is scaled to 5
+    assert torch.cat([a.grad, b.grad]).tolist() == pytest.approx([3.0, 0, 0, 0, 4.0], abs=1e-5)
+    a.grad = b.grad = None
+    x, y = _ClipBackward.apply(5.0, a, b)
+    (x[0] * 3.0).backward()  # under the norm: untouched
+    assert a.grad.tolist() == pytest.approx([3.0, 0, 0]) and b.grad.tolist() == [0.0, 0.0]
+
+
+def test_end_to_end_gradient_is_clipped_per_step(batch):
+    """With Kim et al.'s clip, the encoder's gradient through 20 steps stays bounded; without, it grows."""
+    model = _informative().eval()
+
+    def encoder_grad_norm(clip: float) -> float:
+        model.zero_grad()
+        torch.manual_seed(0)
+        out = model(batch.input_ids, batch.attention_mask,
+                    refine=functools.partial(refine_posterior, steps=20, lr=1.0, max_grad_norm=clip))
+        (out.rec + out.kl).mean().backward()
+        return float(torch.sqrt(sum((p.grad**2).sum() for p in model.posterior.parameters())))
+
+    clipped = encoder_grad_norm(1e-5)
+    assert 0 < clipped < encoder_grad_norm(0.0)

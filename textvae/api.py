@@ -46,10 +46,11 @@ def load(run: Run | str | Path, device: str | torch.device = "cpu") -> Run:
 
 
 def evaluate(run: Run | str | Path, split: str = "test", *, iw_samples: int | None = None,
-             limit: int | None = None, data_dir: str | Path | None = None, verify: bool = True,
-             device: str = "auto", progress: bool = False) -> EvalResult:
+             svi_steps: int | None = None, limit: int | None = None, data_dir: str | Path | None = None,
+             verify: bool = True, device: str = "auto", progress: bool = False) -> EvalResult:
     """A run's best model under the protocol on ``split`` (``test`` or ``valid``): IW-NLL with
-    ``iw_samples`` (default the recipe's K), over the first ``limit`` sequences if given. ``data_dir``
+    ``iw_samples`` (default the recipe's K), over the first ``limit`` sequences if given; ``svi_steps``
+    refines each posterior by that many SA-VAE steps first (default the run's ``eval.svi_steps``). ``data_dir``
     points at the run's data files if they moved; ``verify`` checks their sha256 against the run's.
     Under torchrun the batches are sharded over the ranks; every rank returns the same figures."""
     # each message names the argument and the CLI option that passes it (`textvae eval` checks nothing itself)
@@ -57,6 +58,8 @@ def evaluate(run: Run | str | Path, split: str = "test", *, iw_samples: int | No
         raise TextVAEError(f"split (--split) must be test or valid, not '{split}'")
     if iw_samples is not None and iw_samples < 1:
         raise TextVAEError("iw_samples (--iw-samples) must be >= 1")
+    if svi_steps is not None and svi_steps < 0:
+        raise TextVAEError("svi_steps (--svi-steps) must be >= 0")
     if limit is not None and limit < 1:
         raise TextVAEError("limit (--limit) must be >= 1")
     if data_dir is not None and not Path(data_dir).is_dir():
@@ -71,6 +74,8 @@ def evaluate(run: Run | str | Path, split: str = "test", *, iw_samples: int | No
                            f"folder that now holds {cfg.data.train_file}, {cfg.data.valid_file}, {cfg.data.test_file}")
     if iw_samples is not None:
         cfg.eval.iw_samples = iw_samples
+    if svi_steps is not None:
+        cfg.eval.svi_steps = svi_steps
     cfg.data.verify = cfg.data.verify and verify
     datasets, _ = build_datasets(cfg, tokenizer)
     dataset = datasets[split]

@@ -94,6 +94,7 @@ def eval_cmd(
     run_dir: Path = typer.Argument(..., help="a run directory written by `textvae train`"),
     split: str = typer.Option("test", "--split", help="test | valid"),
     iw_samples: int = typer.Option(None, "--iw-samples", help="K for the IW-NLL (default: the recipe's)"),
+    svi_steps: int = typer.Option(None, "--svi-steps", help="SA-VAE refinement steps first (default: the recipe's)"),
     limit: int = typer.Option(None, "--limit", help="evaluate only the first N sequences"),
     data_dir: Path = typer.Option(None, "--data-dir", help="the run's data files are now in this folder"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="check the data files' sha256 against the run's"),
@@ -103,8 +104,8 @@ def eval_cmd(
     from .api import evaluate
     from .distributed import main_process
 
-    result = evaluate(run_dir, split, iw_samples=iw_samples, limit=limit, data_dir=data_dir, verify=verify,
-                      progress=not as_json).to_dict()
+    result = evaluate(run_dir, split, iw_samples=iw_samples, svi_steps=svi_steps, limit=limit, data_dir=data_dir,
+                      verify=verify, progress=not as_json).to_dict()
     if not main_process():  # under torchrun every rank evaluated its share; rank 0 prints
         return
     if as_json:
