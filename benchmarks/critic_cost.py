@@ -1,7 +1,10 @@
-"""What a critic costs per training step, against the plain VAE, measured in one process.
+"""What a critic (or SA-VAE's refinement) costs per training step, against the plain VAE, measured in one process.
 
-For each method, builds the recipe's model (and critic) and times ``train.train_step`` —
-the exact update ``textvae train`` runs — over ``--steps`` training batches. The methods
+For each method, builds the recipe's model (and critic) and times ``training.train_step`` —
+the exact update ``textvae train`` runs, with the posterior refinement of a strategy that has one
+(``sa-vae``'s SVI steps) — over ``--steps`` training batches. Aggressive training's encoder inner
+loop varies with training progress and is not timed here (``benchmarks/speed.py`` times its rate;
+the study tables give its seconds per epoch). The methods
 take turns window by window, so a change in machine load hits every method alike; the
 table gives the median over ``--repeats`` windows (after one warm-up window each) and the
 ratio to ``vae``. Prints a table and writes JSON.
@@ -27,6 +30,7 @@ from textvae.builders import build_datasets
 from textvae.config import load_recipe
 from textvae.model import TextVAE, with_tokenizer
 from textvae.modules.critics import build_critic
+from textvae.strategies import Strategies
 from textvae.training import critic_own_parameters, make_optimizers, train_step
 
 
@@ -39,7 +43,8 @@ def setup(recipe: str, data: str, method: str, datasets, tokenizer):
     batches = datasets["train"].batches(cfg.train.batch_size, shuffle=True, seed=0)
     args = (model, critic, cfg, 1.0, cfg.critic.weight, optimizer, critic_optimizer,
             critic_own_parameters(critic, model))
-    return args, batches
+    refine = Strategies(cfg.train).refinement({}, 1.0)  # sa-vae: its SVI steps at KL weight 1
+    return args, batches, refine
 
 
 def main() -> None:
@@ -56,11 +61,11 @@ def main() -> None:
     runs = {m: setup(args.recipe, args.data, m, datasets, tokenizer) for m in methods}
     windows: dict[str, list[float]] = {m: [] for m in methods}
     for _ in range(args.repeats + 1):  # the first window of each method warms up
-        for method, (step_args, batches) in runs.items():
+        for method, (step_args, batches, refine) in runs.items():
             t0 = time.perf_counter()
             for i in range(args.steps):
                 train_step(step_args[0], step_args[1], batches[(len(windows[method]) * args.steps + i) % len(batches)],
-                           *step_args[2:])
+                           *step_args[2:], refine=refine)
             windows[method].append(1000 * (time.perf_counter() - t0) / args.steps)
     base = statistics.median(windows["vae"][1:]) if "vae" in windows else float("nan")
     results = {m: {"ms_per_step": statistics.median(w[1:]), "windows": w[1:],
