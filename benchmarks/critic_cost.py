@@ -31,7 +31,7 @@ from textvae.config import load_recipe
 from textvae.model import TextVAE, with_tokenizer
 from textvae.modules.critics import build_critic
 from textvae.strategies import Strategies
-from textvae.training import critic_own_parameters, make_optimizers, train_step
+from textvae.training import critic_own_parameters, prepare_training, train_step
 
 
 def setup(recipe: str, data: str, method: str, datasets, tokenizer):
@@ -39,7 +39,7 @@ def setup(recipe: str, data: str, method: str, datasets, tokenizer):
     torch.manual_seed(0)
     model = TextVAE(with_tokenizer(cfg.model, tokenizer))
     critic = build_critic(cfg.critic, model)
-    optimizer, critic_optimizer = make_optimizers(model, critic, cfg, cfg.train.lr)
+    optimizer, critic_optimizer = prepare_training(model, critic, cfg, cfg.train.lr)
     batches = datasets["train"].batches(cfg.train.batch_size, shuffle=True, seed=0)
     args = (model, critic, cfg, 1.0, cfg.critic.weight, optimizer, critic_optimizer,
             critic_own_parameters(critic, model))

@@ -36,7 +36,7 @@ from textvae.data import TextDataset
 from textvae.metrics import iw_chunk_size, iw_log_weights
 from textvae.model import TextVAE, with_tokenizer
 from textvae.objectives import negative_elbo
-from textvae.training import fit, make_optimizers
+from textvae.training import fit, prepare_training
 
 
 def machine() -> dict:
@@ -70,7 +70,7 @@ def speed(data: str, steps: int, repeats: int, sentences: int) -> dict:
     datasets, tok = build_datasets(cfg)
     torch.manual_seed(0)
     model = TextVAE(with_tokenizer(cfg.model, tok))
-    opt, _ = make_optimizers(model, None, cfg, cfg.train.lr)
+    opt, _ = prepare_training(model, None, cfg, cfg.train.lr)
     batches = datasets["train"].batches(32, shuffle=True, seed=0)
     rates = []
     it = iter(batches)

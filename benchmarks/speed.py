@@ -47,7 +47,7 @@ from textvae.he2019 import to_he2019
 from textvae.metrics import iw_chunk_size, iw_log_weights, iw_nll_from_log_weights
 from textvae.modules.critics import build_critic
 from textvae.precision import CPU_BF16_FLAGS, cpu_flags
-from textvae.training import critic_own_parameters, make_optimizers, train_step
+from textvae.training import critic_own_parameters, prepare_training, train_step
 
 METHODS = ("lm", "vae", "critic-self", "critic-neural", "aggressive")
 
@@ -172,7 +172,7 @@ def training_rates(cfg_for, datasets, tok, batches, steps: int, repeats: int) ->
         torch.manual_seed(0)
         model = build_model(cfg, tok)
         critic = build_critic(cfg.critic, model)
-        opt, copt = make_optimizers(model, critic, cfg, cfg.train.lr)
+        opt, copt = prepare_training(model, critic, cfg, cfg.train.lr)
         params = critic_own_parameters(critic, model)
         update = "encoder" if method == "aggressive" else "all"  # the inner loop's step is aggressive's cost
         for precision in ("fp32", "bf16"):
@@ -270,10 +270,10 @@ import sys, time, torch
 torch.set_num_threads(int(sys.argv[1]))
 from textvae.config import load_recipe
 from textvae.builders import build_datasets, build_model
-from textvae.training import make_optimizers, train_step
+from textvae.training import prepare_training, train_step
 cfg = load_recipe("ptb", ["data.dir=" + sys.argv[2]])
 ds, tok = build_datasets(cfg)
-model = build_model(cfg, tok); opt, _ = make_optimizers(model, None, cfg, 1.0); model.train()
+model = build_model(cfg, tok); opt, _ = prepare_training(model, None, cfg, 1.0); model.train()
 batches = ds["train"].batches(32, shuffle=True, seed=0)[:25]
 for b in batches[:5]: train_step(model, None, b, cfg, 1.0, 0.0, opt, None, [])
 t0 = time.perf_counter()

@@ -217,6 +217,9 @@ class TrainConfig:
     # GradScaler) | auto (bf16 where the device has native bf16: AMX/AVX512-BF16 CPUs, bf16 CUDA devices).
     # Evaluation is fp32 whatever this says.
     precision: str = key("fp32", choices=("fp32", "bf16", "fp16", "auto"))
+    # sparse: the embeddings' gradients hold only the batch's rows (textvae.gradients); the same SGD update,
+    # faster | dense | auto (sparse wherever the optimiser and the step allow it: SGD without momentum, one process)
+    embedding_gradients: str = key("auto", choices=("auto", "sparse", "dense"))
 
 
 @dataclass

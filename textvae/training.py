@@ -63,6 +63,7 @@ from .distributed import (
 )
 from .errors import TextVAEError, TrainingInterrupted
 from .evaluation import PER_SEQUENCE_FILE, EvalResult, evaluate
+from .gradients import clip_gradients, has_sparse_embeddings, set_sparse_embeddings, use_sparse_embeddings
 from .loggers import Loggers, check_loggers
 from .modules.critics import build_critic
 from .objectives import critic_term, critic_weight, kl_weight, negative_elbo
@@ -96,20 +97,33 @@ def make_optimizers(model: torch.nn.Module, critic: torch.nn.Module | None, cfg:
     elif own:
         groups.append({"params": own, "lr": cfg.critic.lr or lr})
     tc = cfg.train
-    # fused: one kernel per step for all of a CPU model's tensors (a fp16 GradScaler, CUDA only, keeps the default)
-    fused = all(p.device.type == "cpu" for group in groups for p in group["params"])
+    # fused: one kernel per step for all of a CPU model's tensors (a fp16 GradScaler, CUDA only, keeps the default);
+    # sparse embedding gradients (textvae.gradients) take the multi-tensor kernels instead, which accept them
+    sparse = has_sparse_embeddings([model, critic])
+    fused = not sparse and all(p.device.type == "cpu" for group in groups for p in group["params"])
+    kernels = {"fused": True} if fused else {"foreach": True} if sparse else {}
     if tc.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=tuple(tc.adam_betas), fused=fused), critic_optimizer
-    return torch.optim.SGD(groups, lr=lr, momentum=tc.momentum, fused=fused), critic_optimizer
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(tc.adam_betas), **kernels), critic_optimizer
+    return torch.optim.SGD(groups, lr=lr, momentum=tc.momentum, **kernels), critic_optimizer
 
 
-def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
-    """``torch.nn.utils.clip_grad_norm_``, without its multiplication by 1 when nothing is clipped (a pass over
-    every gradient: the embeddings' and the output layer's are large). Returns the total norm."""
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    if max_norm / (float(norm) + 1e-6) < 1.0:  # exactly when clip_grad_norm_'s clamped factor is below 1
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
-    return norm
+def prepare_training(model: torch.nn.Module, critic: torch.nn.Module | None, cfg: Config, lr: float,
+                     distributed: bool = False, precision: str = "fp32"):
+    """What ``fit`` (and a benchmark) trains with: the embeddings given the run's kind of gradient
+    (``train.embedding_gradients``, :mod:`textvae.gradients`; a critic with its own Adam keeps dense ones),
+    then :func:`make_optimizers`. ``precision``: the resolved one. Returns (optimizer, critic_optimizer or None)."""
+    sparse = use_sparse_embeddings(cfg.train, distributed, precision)
+    set_sparse_embeddings([model, critic if cfg.critic.optimizer == "same" else None], sparse)
+    return make_optimizers(model, critic, cfg, lr)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """``optimizer.load_state_dict(saved)``, keeping the kernels (fused / foreach) it was built with: a checkpoint
+    from a run with dense embedding gradients resumes with sparse ones, and the other way round."""
+    kernels = [{k: group.get(k) for k in ("fused", "foreach")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, kept in zip(optimizer.param_groups, kernels, strict=True):
+        group.update(kept)
 
 
 def _rng_state() -> dict:
@@ -280,7 +294,8 @@ def fit(
     strategies = Strategies(cfg.train)  # aggressive training, AE pretraining: textvae.strategies
     strategies.check(distributed=launched())
     world, device = setup(resolve_device(cfg.device))
-    resolve_precision(cfg.train.precision, device)  # fp16 off CUDA is refused before anything is written
+    precision = resolve_precision(cfg.train.precision, device)  # fp16 off CUDA is refused before anything is written
+    sparse = use_sparse_embeddings(cfg.train, world.distributed, precision)  # so are unusable sparse gradients
     check_loggers(cfg.train.loggers)  # so is a logger whose package is missing
     torch.manual_seed(cfg.seed)  # the same on every rank: the shared stream of the reparameterisation noise
     random.seed(cfg.seed)
@@ -300,9 +315,9 @@ def fit(
     state.setdefault("schedule_start_step", state.get("stage_start_step", 0))  # where the lr and KL schedules
     state.setdefault("schedule_start_epoch", state.get("stage_start_epoch", 0))  # last (re)started
     critic = build_critic(cfg.critic, model)
-    optimizer, critic_optimizer = make_optimizers(model, critic, cfg, state["lr"])
+    optimizer, critic_optimizer = prepare_training(model, critic, cfg, state["lr"], world.distributed, precision)
     if ckpt:
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         if critic is not None:
             critic.load_state_dict(state["critic"])
         if critic_optimizer is not None:
@@ -316,7 +331,7 @@ def fit(
     barrier(world)
     log.info(f"training {cfg.name} (method {cfg.method}) into {run}: {len(datasets['train'])} training "
              f"sequences, vocabulary {tokenizer.vocab_size}, {sum(p.numel() for p in model.parameters()):,} "
-             f"parameters, {device}, {resolve_precision(cfg.train.precision, device)}"
+             f"parameters, {device}, {precision}" + (", sparse embedding gradients" if sparse else "")
              + (f", resumed from {ckpt.name}" if ckpt else "")
              + (f", {world.size} data-parallel ranks" if world.distributed else ""))
     default_threads = torch.get_num_threads()
