@@ -100,7 +100,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, rows):
         grads = any(ctx.needs_input_grad[:3])
-        ctx.grads_used = False
+        ctx.grads = None
         with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are chosen here, block by block
             nll, g_h, g_w, g_b = _blocks(hidden, weight, bias, targets, rows, grads=grads)
         if grads:
@@ -112,17 +112,17 @@ class LinearCrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_nll):
         hidden, weight, bias, targets = ctx.saved_tensors
-        g_h, g_w, g_b = ctx.grads
         uniform = bool((grad_nll == grad_nll[:1]).all())
-        if ctx.grads_used or not uniform:  # not a plain sum or mean (or a second backward): redo the blocks
+        if ctx.grads is None or not uniform:  # not a plain sum or mean (or a second backward): redo the blocks
             _, g_h, g_w, g_b = _blocks(hidden, weight, bias, targets, ctx.rows, row_weights=grad_nll, grads=True)
         else:  # the gradients of Σ nll, scaled in place by the one weight every position has
+            g_h, g_w, g_b = ctx.grads
             scale = grad_nll[0]
             g_h.mul_(scale.to(g_h.dtype))
             g_w.mul_(scale)
             if g_b is not None:
                 g_b.mul_(scale)
-        ctx.grads_used = True
+        ctx.grads = None  # the returned gradients are autograd's alone: it keeps them as .grad without a copy
         return (g_h, g_w.to(weight.dtype), None if g_b is None else g_b.to(bias.dtype), None, None)
 
 
