@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--name", default=None, help="JSON file name (default critic_cost_RECIPE.json)")
     args = parser.parse_args()
     methods = args.methods.split(",")
     datasets, tokenizer = build_datasets(load_recipe(args.recipe, [f"data.dir={args.data}", "data.verify=false"]))
@@ -77,7 +78,7 @@ def main() -> None:
     for m, r in results.items():
         print(f"| {m} | {r['ms_per_step']:.2f} | {' / '.join(f'{w:.2f}' for w in r['windows'])} | {r['vs_vae']:.2f}× |")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"critic_cost_{args.recipe}.json"
+    path = args.out / (args.name or f"critic_cost_{args.recipe}.json")
     path.write_text(json.dumps({"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
                                 "results": results}, indent=2) + "\n")
     print(f"wrote {path}")

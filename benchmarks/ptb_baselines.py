@@ -36,13 +36,23 @@ from textvae.data import TextDataset
 from textvae.metrics import iw_chunk_size, iw_log_weights
 from textvae.model import TextVAE, with_tokenizer
 from textvae.objectives import negative_elbo
+from textvae.precision import CPU_BF16_FLAGS, cpu_flags
 from textvae.training import fit, prepare_training
 
 
 def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "torch": torch.__version__}
+    """What every benchmark's JSON records of the machine: CPU model and the flags that matter, cores, torch
+    threads, torch, GPU."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)
+    except OSError:
+        model = None
+    flags = cpu_flags()
+    return {"cpu": model or platform.processor() or platform.machine(),
+            "flags": {f: f in flags for f in ("avx2", "avx512f", *CPU_BF16_FLAGS)},
+            "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def gemm_peak(n: int = 2048, repeats: int = 5) -> float:

@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from speed import machine
+from ptb_baselines import machine
 
 import textvae
 from textvae.checkpoint import atomic_write_text, latest_checkpoint, load_trainer_state, read_json

@@ -26,7 +26,7 @@ import json
 import math
 from pathlib import Path
 
-from speed import machine
+from ptb_baselines import machine
 
 import textvae
 from textvae.builders import build_datasets

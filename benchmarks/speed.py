@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import resource
 import statistics
@@ -38,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from ptb_baselines import machine
 from torch import nn
 
 from textvae.builders import build_datasets, build_model
@@ -46,19 +46,9 @@ from textvae.data import TextDataset
 from textvae.he2019 import to_he2019
 from textvae.metrics import iw_chunk_size, iw_log_weights, iw_nll_from_log_weights
 from textvae.modules.critics import build_critic
-from textvae.precision import CPU_BF16_FLAGS, cpu_flags
 from textvae.training import critic_own_parameters, prepare_training, train_step
 
 METHODS = ("lm", "vae", "critic-self", "critic-neural", "aggressive")
-
-
-def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.processor())
-    flags = cpu_flags()
-    return {"cpu": model, "flags": {f: f in flags for f in ("avx2", "avx512f", *CPU_BF16_FLAGS)},
-            "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -167,8 +157,9 @@ def equal_length_batches(dataset: TextDataset, size: int, seed: int = 0) -> list
 def training_rates(cfg_for, datasets, tok, batches, steps: int, repeats: int) -> dict:
     """Target tokens/s of each method and precision and of He et al.'s step, windows alternating."""
     runners = {}
-    for method in METHODS:
-        cfg = cfg_for(method)
+    # vae with dense embedding gradients: what train.embedding_gradients=auto (sparse under SGD) saves, in this run
+    for method, overrides in [(m, ()) for m in METHODS] + [("vae", ("train.embedding_gradients=dense",))]:
+        cfg = cfg_for(method, *overrides)
         torch.manual_seed(0)
         model = build_model(cfg, tok)
         critic = build_critic(cfg.critic, model)
@@ -179,7 +170,7 @@ def training_rates(cfg_for, datasets, tok, batches, steps: int, repeats: int) ->
             def run(batch, model=model, critic=critic, cfg=cfg, opt=opt, copt=copt, params=params, update=update,
                     precision=precision):
                 train_step(model, critic, batch, cfg, 1.0, cfg.critic.weight, opt, copt, params, update, precision)
-            runners[f"{method} {precision}"] = (model, run)
+            runners[f"{method}{' (dense embedding gradients)' if overrides else ''} {precision}"] = (model, run)
     torch.manual_seed(0)
     cfg = cfg_for("vae")
     he = HeVAE(tok.vocab_size, cfg.model.embed_dim, cfg.model.dec_hidden_dim, cfg.model.latent_dim, 0.5)
@@ -318,8 +309,8 @@ def main() -> None:
                         f"split train, seed 0) after one warm-up window; IW-NLL K = 500 on {args.sentences} "
                         "median-length test sentences (split test), medians of the runs"}
 
-    def cfg_for(method: str):
-        return load_recipe("ptb", [f"data.dir={args.data}", f"method={method}"])
+    def cfg_for(method: str, *overrides: str):
+        return load_recipe("ptb", [f"data.dir={args.data}", f"method={method}", *overrides])
 
     cfg = cfg_for("vae")
     datasets, tok = build_datasets(cfg)
