@@ -15,13 +15,14 @@ import textvae.training as training
 from textvae.config import TrainConfig, load_recipe
 from textvae.errors import TextVAEError
 from textvae.gradients import (
+    AUTO_MIN_ELEMENTS,
     clip_gradients,
     has_sparse_embeddings,
     set_sparse_embeddings,
     use_sparse_embeddings,
 )
 from textvae.tracking import read_metrics
-from textvae.training import fit, load_optimizer_state, make_optimizers
+from textvae.training import fit, load_optimizer_state, make_optimizers, prepare_training
 
 SGD = ["train.optimizer=sgd", "train.lr=0.5", "eval.iw_samples=2", "train.max_steps=30"]  # debug recipe, plain SGD
 
@@ -86,9 +87,9 @@ def test_sparse_and_dense_embedding_gradients_train_the_same_run(tmp_path, monke
     (to float rounding: only the order of additions in the gradient norm differs)."""
     seen = []
 
-    def recording(modules, sparse):
+    def recording(modules, sparse, min_elements=0):
         seen.append(sparse)
-        set_sparse_embeddings(modules, sparse)
+        set_sparse_embeddings(modules, sparse, min_elements)
 
     monkeypatch.setattr(training, "set_sparse_embeddings", recording)
     sparse = fit(load_recipe("debug", SGD + ["train.embedding_gradients=sparse"]), tmp_path / "sparse", progress=False)
@@ -125,3 +126,14 @@ def test_a_dense_checkpoint_resumes_with_sparse_gradients(tmp_path):
     moved = (embed.weight.detach() != before).any(dim=1)
     assert moved.tolist() == [i in (1, 3) for i in range(10)]
     torch.testing.assert_close(embed.weight.detach()[1], before[1] - 0.5 * 2)
+
+
+def test_auto_makes_only_large_tables_sparse():
+    """auto: a table of at least AUTO_MIN_ELEMENTS entries trains with sparse gradients, a small one (whose dense
+    passes stay in cache) with dense ones; train.embedding_gradients=sparse makes every table's sparse."""
+    model = torch.nn.ModuleDict({"big": torch.nn.Embedding(AUTO_MIN_ELEMENTS // 8, 8),
+                                 "small": torch.nn.Embedding(50, 8)})
+    for kind, expected in (("auto", (True, False)), ("sparse", (True, True))):
+        cfg = load_recipe("debug", SGD + [f"train.embedding_gradients={kind}"])
+        prepare_training(model, None, cfg, 0.5)
+        assert (model["big"].sparse, model["small"].sparse) == expected, kind

@@ -218,7 +218,8 @@ class TrainConfig:
     # Evaluation is fp32 whatever this says.
     precision: str = key("fp32", choices=("fp32", "bf16", "fp16", "auto"))
     # sparse: the embeddings' gradients hold only the batch's rows (textvae.gradients); the same SGD update,
-    # faster | dense | auto (sparse wherever the optimiser and the step allow it: SGD without momentum, one process)
+    # faster for large tables | dense | auto (sparse for tables of at least 2^20 entries, wherever the optimiser
+    # and the step allow it: SGD without momentum, one process)
     embedding_gradients: str = key("auto", choices=("auto", "sparse", "dense"))
 
 

@@ -63,7 +63,13 @@ from .distributed import (
 )
 from .errors import TextVAEError, TrainingInterrupted
 from .evaluation import PER_SEQUENCE_FILE, EvalResult, evaluate
-from .gradients import clip_gradients, has_sparse_embeddings, set_sparse_embeddings, use_sparse_embeddings
+from .gradients import (
+    AUTO_MIN_ELEMENTS,
+    clip_gradients,
+    has_sparse_embeddings,
+    set_sparse_embeddings,
+    use_sparse_embeddings,
+)
 from .loggers import Loggers, check_loggers
 from .modules.critics import build_critic
 from .objectives import critic_term, critic_weight, kl_weight, negative_elbo
@@ -113,7 +119,8 @@ def prepare_training(model: torch.nn.Module, critic: torch.nn.Module | None, cfg
     (``train.embedding_gradients``, :mod:`textvae.gradients`; a critic with its own Adam keeps dense ones),
     then :func:`make_optimizers`. ``precision``: the resolved one. Returns (optimizer, critic_optimizer or None)."""
     sparse = use_sparse_embeddings(cfg.train, distributed, precision)
-    set_sparse_embeddings([model, critic if cfg.critic.optimizer == "same" else None], sparse)
+    smallest = 0 if cfg.train.embedding_gradients == "sparse" else AUTO_MIN_ELEMENTS  # auto: large tables only
+    set_sparse_embeddings([model, critic if cfg.critic.optimizer == "same" else None], sparse, smallest)
     return make_optimizers(model, critic, cfg, lr)
 
 
@@ -295,7 +302,7 @@ def fit(
     strategies.check(distributed=launched())
     world, device = setup(resolve_device(cfg.device))
     precision = resolve_precision(cfg.train.precision, device)  # fp16 off CUDA is refused before anything is written
-    sparse = use_sparse_embeddings(cfg.train, world.distributed, precision)  # so are unusable sparse gradients
+    use_sparse_embeddings(cfg.train, world.distributed, precision)  # so are unusable sparse gradients
     check_loggers(cfg.train.loggers)  # so is a logger whose package is missing
     torch.manual_seed(cfg.seed)  # the same on every rank: the shared stream of the reparameterisation noise
     random.seed(cfg.seed)
@@ -331,7 +338,8 @@ def fit(
     barrier(world)
     log.info(f"training {cfg.name} (method {cfg.method}) into {run}: {len(datasets['train'])} training "
              f"sequences, vocabulary {tokenizer.vocab_size}, {sum(p.numel() for p in model.parameters()):,} "
-             f"parameters, {device}, {precision}" + (", sparse embedding gradients" if sparse else "")
+             f"parameters, {device}, {precision}"
+             + (", sparse embedding gradients" if has_sparse_embeddings([model, critic]) else "")
              + (f", resumed from {ckpt.name}" if ckpt else "")
              + (f", {world.size} data-parallel ranks" if world.distributed else ""))
     default_threads = torch.get_num_threads()
