@@ -8,7 +8,7 @@ fp32 step and more in bf16. ``train.embedding_gradients=sparse`` gives the embed
 (no momentum, no weight decay) the update is the same: every row moves by its gradient times the lr,
 and a row without a gradient does not move. Only the order of float additions within the norm
 differs. A small table gains nothing: its dense passes stay in cache, and a sparse gradient has fixed
-costs (coalescing, indexing); the synthetic set's 1,004 × 50 tables trained 4% slower with it. So ``auto``
+costs (coalescing, indexing); the synthetic set's 1,004 × 50 tables trained 2–4% slower with it. So ``auto``
 (the default) makes the gradients of tables of at least :data:`AUTO_MIN_ELEMENTS` entries sparse, wherever
 SGD updates the same rows and the rest of the step takes sparse gradients; ``sparse`` makes every table's
 sparse (one line naming what prevents it, where something does), and ``dense`` none.
