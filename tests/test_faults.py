@@ -523,6 +523,8 @@ def test_non_finite_steps_are_skipped_counted_then_stop_the_run(cli_main, tmp_pa
     last = checkpoints(run)[-1]  # written before the step that stopped the run; intact
     assert int(last.name[5:]) == bad[-1]["step"] - 1
     load_checkpoint(last, "cpu")
+    diverged = json.loads((run / "diverged.json").read_text())  # what a study reports of the run
+    assert diverged["bad_steps"] == 3 and diverged["step"] == bad[-1]["step"] and diverged["last_checkpoint"] == last.name
 
 
 def test_one_summary_line_per_epoch_on_stderr_without_a_terminal(tmp_path):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from conftest import run_cli
 
-from textvae.study import FIGURES, seconds_per_epoch, to_markdown
+import textvae.training as training
+from textvae.study import FIGURES, run_study, seconds_per_epoch, to_markdown
 
 
 def test_study_runs_end_to_end_and_resumes(tmp_path):
@@ -79,3 +81,38 @@ def test_table_header_takes_k_from_the_latent_models_not_the_lm():
     assert "K = 100" in header and "the LM's is exact" in header
     study["summary"].pop("lm")
     assert "exact" not in to_markdown(study).splitlines()[2]
+
+
+def test_a_diverged_seed_is_counted_not_averaged_and_not_retrained(tmp_path, monkeypatch):
+    """vae's seed 1 really diverges (lr 1e30): the study goes on, its row averages the seed that finished, says
+    how many diverged, has no paired difference for it, and a rerun does not train it again."""
+    real_fit, trained = training.fit, []
+
+    def fit(cfg, run, **kwargs):
+        trained.append((cfg.method, cfg.seed))
+        if (cfg.method, cfg.seed) == ("vae", 1):
+            cfg = replace(cfg, train=replace(cfg.train, optimizer="sgd", lr=1e30, grad_clip=0.0, max_bad_steps=2))
+        return real_fit(cfg, run, **kwargs)
+
+    monkeypatch.setattr(training, "fit", fit)
+    args = ("debug", ["lm", "vae"], 2, ["train.max_steps=6", "eval.iw_samples=2"], tmp_path / "s")
+    study = run_study(*args, progress=False)
+    assert "diverged" in study["runs"]["vae"][1] and study["runs"]["vae"][1]["diverged"]["bad_steps"] == 2
+    row = study["summary"]["vae"]
+    assert row["diverged"] == 1 and row["seeds"] == 2
+    assert row["nll"] == (study["runs"]["vae"][0]["nll"], 0.0)  # the finished seed alone
+    assert row["dnll_vs_lm"] == study["runs"]["vae"][0]["dnll_vs_lm"]
+    assert "| vae (1 of 2 seeds diverged) |" in (tmp_path / "s" / "study.md").read_text()
+    trained.clear()
+    again = run_study(*args, progress=False)
+    assert trained == [] and again["summary"]["vae"]["diverged"] == 1
+
+
+def test_a_method_whose_every_seed_diverged_has_an_empty_row():
+    study = {"recipe": "debug", "seeds": 1, "overrides": [],
+             "summary": {"vae": {"seeds": 1, "diverged": 0, "iw_samples": 2, "mi_ceiling": 1.0, "time_vs_vae": 1.0,
+                                 "seconds_per_epoch": (1.0, 0.0), **{f: (1.0, 0.0) for f in FIGURES}},
+                         "sa-vae": {"seeds": 1, "diverged": 1, "time_vs_vae": None}}}
+    lines = to_markdown(study).splitlines()
+    row = next(line for line in lines if line.startswith("| sa-vae"))
+    assert row.startswith("| sa-vae (1 of 1 seeds diverged) | —") and row.count("|") == lines[-2].count("|")

@@ -29,6 +29,7 @@ from .tokenization import TextTokenizer, load_tokenizer
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
+DIVERGED_FILE = "diverged.json"  # written when training stops on train.max_bad_steps non-finite steps
 STATE_KEYS = ("step", "epoch", "batch_in_epoch", "best_val", "lr", "optimizer", "rng")  # a trainer state has these
 
 log = logging.getLogger("textvae")

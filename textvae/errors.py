@@ -20,6 +20,11 @@ class TrainingInterrupted(TextVAEError):
     exit_code = 130
 
 
+class TrainingDiverged(TextVAEError):
+    """Training stopped after ``train.max_bad_steps`` non-finite steps; the run directory holds ``diverged.json``
+    (a study records the run as diverged instead of stopping)."""
+
+
 def first_line(err: BaseException) -> str:
     """The first non-empty line of an exception's message, or its type's name."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]

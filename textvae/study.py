@@ -3,7 +3,10 @@
 Each (method, seed) trains into ``DIR/<method>/seed-<s>/`` with the same recipe
 and overrides, and is evaluated on the test split by the same evaluator. A run
 that already has ``eval_test.json`` is reused; one with checkpoints is resumed,
-so an interrupted study picks up where it stopped.
+so an interrupted study picks up where it stopped. A run that stopped on
+``train.max_bad_steps`` non-finite steps (its ``diverged.json``) is a result too:
+the table counts it and averages the seeds that finished; it is not retrained
+(delete its directory to try again).
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ import math
 import statistics
 from pathlib import Path
 
-from .checkpoint import atomic_write_text, latest_checkpoint, read_json
+from .checkpoint import DIVERGED_FILE, atomic_write_text, latest_checkpoint, read_json
 from .compare import compare
 from .config import load_recipe
 from .distributed import main_process
-from .errors import TextVAEError
+from .errors import TextVAEError, TrainingDiverged
 from .methods import method_overrides
 from .tracking import read_metrics
 
@@ -42,19 +45,13 @@ def run_study(
     runs: dict[str, list[dict]] = {}
     for method in methods:
         for seed in range(seeds):
-            run = out / method / f"seed-{seed}"
-            if not (run / "eval_test.json").is_file():
-                cfg = load_recipe(recipe, [*overrides, f"method={method}", f"seed={seed}"])
-                resume = run.is_dir() and latest_checkpoint(run) is not None
-                fit(cfg, run, resume=resume, overwrite=not resume, progress=progress)
-            result = read_json(run / "eval_test.json")
-            valid = [r for r in read_metrics(run / "metrics.jsonl") if r["split"] == "valid"]
-            result["seconds_per_epoch"] = seconds_per_epoch(valid)
-            result["curve"] = [{k: r.get(k) for k in ("epoch", "kl", "mi", "au")} for r in valid]
-            runs.setdefault(method, []).append(result)
+            runs.setdefault(method, []).append(_run(recipe, overrides, method, seed, out / method / f"seed-{seed}",
+                                                    progress, fit))
     if "lm" in methods:  # paired Δnll of every run against the LM of its seed, on the same test sentences
         for method in methods:
             for seed, result in enumerate(runs[method]):
+                if "diverged" in result or "diverged" in runs["lm"][seed]:
+                    continue
                 paired = compare(out / method / f"seed-{seed}", out / "lm" / f"seed-{seed}")
                 result["dnll_vs_lm"], result["dnll_paired_stderr"] = paired.mean_diff, paired.paired_stderr
     summary = summarise(runs)
@@ -67,6 +64,31 @@ def run_study(
     return study
 
 
+def _run(recipe: str, overrides: list[str], method: str, seed: int, run: Path, progress: bool, fit) -> dict:
+    """One (method, seed) of the study: trained, resumed or reused. Its test result with its seconds per epoch
+    and validation curve, or ``{"seed": s, "diverged": diverged.json}`` for a run that stopped on non-finite
+    steps."""
+    if not (run / "eval_test.json").is_file() and not (run / DIVERGED_FILE).is_file():
+        cfg = load_recipe(recipe, [*overrides, f"method={method}", f"seed={seed}"])
+        resume = run.is_dir() and latest_checkpoint(run) is not None
+        try:
+            fit(cfg, run, resume=resume, overwrite=not resume, progress=progress)
+        except TrainingDiverged:  # rank 0 wrote diverged.json; the others only need to know
+            return {"seed": seed, "diverged": read_json(run / DIVERGED_FILE) if main_process() else {}}
+    if not (run / "eval_test.json").is_file():
+        return {"seed": seed, "diverged": read_json(run / DIVERGED_FILE)}
+    result = read_json(run / "eval_test.json")
+    valid = [r for r in read_metrics(run / "metrics.jsonl") if r["split"] == "valid"]
+    result["seconds_per_epoch"] = seconds_per_epoch(valid)
+    result["curve"] = [{k: r.get(k) for k in ("epoch", "kl", "mi", "au")} for r in valid]
+    return result
+
+
+def finished(results: list[dict]) -> list[dict]:
+    """The runs of a method that finished (not diverged)."""
+    return [r for r in results if "diverged" not in r]
+
+
 def seconds_per_epoch(valid_records: list[dict]) -> float:
     """Training seconds per epoch, from a run's validation records: total seconds over epochs done, not
     a median, because aggressive training's few costly epochs are its cost. A record covering part of an
@@ -76,47 +98,60 @@ def seconds_per_epoch(valid_records: list[dict]) -> float:
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:
+    """Per method: mean ± std over the seeds that finished of every figure, the count of diverged seeds, and
+    the paired Δnll against the LM (mean over seeds, with the paired s.e. of that mean)."""
     summary = {}
     for method, results in runs.items():
-        row = {f: _mean_std([r[f] for r in results]) for f in FIGURES}
-        row["seconds_per_epoch"] = _mean_std([r["seconds_per_epoch"] for r in results])
-        row["iw_samples"] = results[0]["iw_samples"]
-        row["mi_ceiling"] = results[0]["mi_ceiling"]
-        if "dnll_vs_lm" in results[0]:  # mean over seeds, and the paired s.e. of that mean
-            row["dnll_vs_lm"] = statistics.fmean(r["dnll_vs_lm"] for r in results)
-            row["dnll_paired_stderr"] = math.sqrt(sum(r["dnll_paired_stderr"] ** 2 for r in results)) / len(results)
+        done = finished(results)
+        row = {"seeds": len(results), "diverged": len(results) - len(done)}
+        if done:
+            row.update({f: _mean_std([r[f] for r in done]) for f in FIGURES})
+            row["seconds_per_epoch"] = _mean_std([r["seconds_per_epoch"] for r in done])
+            row["iw_samples"] = done[0]["iw_samples"]
+            row["mi_ceiling"] = done[0]["mi_ceiling"]
+            paired = [r for r in done if "dnll_vs_lm" in r]
+            if paired:
+                row["dnll_vs_lm"] = statistics.fmean(r["dnll_vs_lm"] for r in paired)
+                row["dnll_paired_stderr"] = math.sqrt(sum(r["dnll_paired_stderr"] ** 2 for r in paired)) / len(paired)
         summary[method] = row
     base = summary.get("vae", {}).get("seconds_per_epoch", (math.nan,))[0]
     for row in summary.values():
-        row["time_vs_vae"] = row["seconds_per_epoch"][0] / base if base == base else None
+        row["time_vs_vae"] = row["seconds_per_epoch"][0] / base if "seconds_per_epoch" in row and base == base else None
     return summary
 
 
 def to_markdown(study: dict) -> str:
     s = study["summary"]
-    first = next(iter(s.values()))
-    k = max(row["iw_samples"] for row in s.values())  # the LM has none: its nll is exact
-    exact = "; the LM's is exact" if any(row["iw_samples"] == 0 for row in s.values()) else ""
-    paired = all("dnll_vs_lm" in row for row in s.values())
+    done = [row for row in s.values() if "iw_samples" in row]
+    k = max((row["iw_samples"] for row in done), default=0)  # the LM has none: its nll is exact
+    exact = "; the LM's is exact" if any(row["iw_samples"] == 0 for row in done) else ""
+    ceiling = f"ceiling {done[0]['mi_ceiling']:.2f}" if done else "no run finished"
+    paired = "lm" in s and any("dnll_vs_lm" in row for row in done)
     lines = [
         f"# Study: recipe `{study['recipe']}`, {study['seeds']} seed(s), overrides `{' '.join(study['overrides'])}`",
         "",
         f"Test split; nll = IW-NLL with K = {k} (nats/sequence{exact}); mi over the whole split "
-        f"(ceiling {first['mi_ceiling']:.2f}); mi_batch = He et al.'s per-batch estimator; s/epoch = training "
+        f"({ceiling}); mi_batch = He et al.'s per-batch estimator; s/epoch = training "
         "seconds over the epochs done (a partial epoch counts as its fraction). Mean ± std over seeds."
         + (" Δnll vs lm = the paired difference of per-sentence IW-NLL against the LM of the same seed, with its "
-           "paired standard error (docs/protocol.md)." if paired else ""),
+           "paired standard error (docs/protocol.md)." if paired else "")
+        + (" A seed that stopped on non-finite steps (diverged) is counted, and the figures are over the seeds "
+           "that finished." if any(row.get("diverged") for row in s.values()) else ""),
         "",
         "| method | nll | ppl | kl | mi | mi_batch | au |" + (" Δnll vs `lm` (paired s.e.) |" if paired else "")
         + " s/epoch | time vs vae |",
         "|---|---|---|---|---|---|---|" + ("---|" if paired else "") + "---|---|",
     ]
     for method, row in s.items():
+        name = method if not row.get("diverged") else f"{method} ({row['diverged']} of {row['seeds']} seeds diverged)"
+        if "iw_samples" not in row:
+            lines.append(f"| {name} | " + " | ".join(["—"] * (len(FIGURES) + paired + 2)) + " |")
+            continue
         cells = [f"{row[f][0]:.2f} ± {row[f][1]:.2f}" for f in FIGURES]
         if paired:
-            cells.append("—" if method == "lm" else f"{row['dnll_vs_lm']:+.3f} ({row['dnll_paired_stderr']:.3f})")
+            cells.append("—" if "dnll_vs_lm" not in row else f"{row['dnll_vs_lm']:+.3f} ({row['dnll_paired_stderr']:.3f})")
         rel = "—" if row["time_vs_vae"] is None else f"{row['time_vs_vae']:.2f}×"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {row['seconds_per_epoch'][0]:.1f} | {rel} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['seconds_per_epoch'][0]:.1f} | {rel} |")
     return "\n".join(lines) + "\n"
 
 
@@ -130,6 +165,9 @@ def plot_study(runs: dict[str, list[dict]], out_png: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     for ax, key in zip(axes, ("kl", "mi", "au"), strict=True):
         for method, results in runs.items():
+            results = finished(results)
+            if not results:
+                continue
             epochs = min(len(r["curve"]) for r in results)
             xs = [results[0]["curve"][i]["epoch"] for i in range(epochs)]
             ys = [statistics.fmean(r["curve"][i][key] for r in results) for i in range(epochs)]

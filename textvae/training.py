@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .builders import build_datasets, build_model, resolve_device
 from .checkpoint import (
+    DIVERGED_FILE,
     MODEL_DIR,
     atomic_write_text,
     check_output_dir,
@@ -61,7 +62,7 @@ from .distributed import (
     shard_rows,
     wrap,
 )
-from .errors import TextVAEError, TrainingInterrupted
+from .errors import TrainingDiverged, TrainingInterrupted
 from .evaluation import PER_SEQUENCE_FILE, EvalResult, evaluate
 from .gradients import (
     AUTO_MIN_ELEMENTS,
@@ -419,9 +420,13 @@ def _epochs(run: Path, cfg: Config, model, tokenizer, critic, optimizer, critic_
                                "event": "bad_step", "update": update, "bad_steps": state["bad_steps"]})
                 if state["bad_steps"] >= tc.max_bad_steps:
                     last = latest_checkpoint(run)
-                    raise TextVAEError(f"training stopped: {state['bad_steps']} steps with a non-finite loss or "
-                                       f"gradient (train.max_bad_steps = {tc.max_bad_steps}); the last good "
-                                       f"checkpoint is {last if last else 'not written yet'}")
+                    if world.main:  # what a study reports of the run, instead of its figures
+                        record = {"step": state["step"] + 1, "epoch": state["epoch"] + 1,
+                                  "bad_steps": state["bad_steps"], "last_checkpoint": last.name if last else None}
+                        atomic_write_text(run / DIVERGED_FILE, json.dumps(record, indent=2) + "\n")
+                    raise TrainingDiverged(f"training stopped: {state['bad_steps']} steps with a non-finite loss or "
+                                           f"gradient (train.max_bad_steps = {tc.max_bad_steps}); the last good "
+                                           f"checkpoint is {last if last else 'not written yet'}")
             return sums
         return run_step
 
