@@ -7,11 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICES, random_ids
+from conftest import DEVICES, make_model, random_ids
 
 from textvae.config import EvalConfig
 from textvae.data import TextDataset
 from textvae.evaluation import EvalResult, evaluate
+from textvae.metrics import perplexity
 
 KEYS = {"nll", "nll_stderr", "ppl", "elbo", "rec", "kl", "mi", "mi_ceiling", "mi_batch", "au", "iw_samples",
         "num_sequences", "num_tokens", "nll_per_word", "ppl_per_word", "num_words", "svi_steps"}
@@ -171,3 +172,21 @@ def test_mi_batch_is_he_et_al_calc_mi_on_their_batches(informative_model):
         log_qz = torch.logsumexp(log_density, dim=1) - math.log(len(b))
         total += float(neg_entropy - log_qz.mean()) * len(b)
     assert result.mi_batch == pytest.approx(total / len(lengths), abs=1e-4)
+
+
+def test_a_diverged_model_evaluates_to_infinite_ppl_not_an_error(tiny_dataset):
+    """A posterior whose KL is astronomically large (a diverged run's validation) gives ppl = inf: exp of its
+    −ELBO per token exceeds a float, and that must not stop training with an OverflowError."""
+    model = make_model(posterior_bias=True)
+    with torch.no_grad():
+        model.posterior.linear.weight.zero_()
+        model.posterior.linear.bias.zero_()
+        model.posterior.linear.bias[model.latent_dim:] = 80.0  # log σ² = 80: KL ≈ 2 · e^80 nats, finite in fp32
+    result = evaluate(model, tiny_dataset, EvalConfig(iw_samples=0, batch_size=6), iw=False, progress=False)
+    assert math.isfinite(result.nll) and result.nll > 1e4
+    assert result.ppl == math.inf
+
+
+def test_perplexity_is_exp_and_inf_past_a_float():
+    assert perplexity(1.0) == math.e and perplexity(0.0) == 1.0
+    assert perplexity(1e6) == math.inf

@@ -10,7 +10,6 @@ different text are refused; runs that tokenize the same text differently are com
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 from .api import evaluate
 from .errors import TextVAEError
 from .evaluation import PER_SEQUENCE_FILE, PerSequence
-from .metrics import paired_difference
+from .metrics import paired_difference, perplexity
 from .run import Run
 
 
@@ -90,7 +89,7 @@ def compare(run_a: Run | str | Path, run_b: Run | str | Path, split: str = "test
         return float(values.nll.sum() / u.sum()), float(np.sqrt((spread**2).sum() / max(n * (n - 1), 1)) * n / u.sum())
 
     (nll_a, se_a), (nll_b, se_b) = own(a), own(b)
-    ppl_a, ppl_b = math.exp(a.nll.sum() / tokens_a.sum()), math.exp(b.nll.sum() / tokens_b.sum())
+    ppl_a, ppl_b = perplexity(a.nll.sum() / tokens_a.sum()), perplexity(b.nll.sum() / tokens_b.sum())
     return Comparison(run_a=names[0], run_b=names[1], split=split, unit=unit, **paired, nll_a=nll_a, nll_b=nll_b,
                       stderr_a=se_a, stderr_b=se_b, ppl_a=ppl_a, ppl_b=ppl_b, ppl_diff=ppl_a - ppl_b,
                       iw_samples_a=a.iw_samples, iw_samples_b=b.iw_samples)

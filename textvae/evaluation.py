@@ -27,6 +27,7 @@ from .metrics import (
     iw_nll_from_log_weights,
     mutual_information,
     mutual_information_batched,
+    perplexity,
 )
 from .svi import refine_posterior
 
@@ -215,7 +216,7 @@ def _evaluate(model, dataset: TextDataset, cfg: EvalConfig, device, iw: bool, se
     return EvalResult(
         nll=float(nll_t.mean()),
         nll_stderr=float(nll_t.std() / math.sqrt(n)) if n > 1 else 0.0,
-        ppl=math.exp(float(nll_t.sum()) / num_tokens),
+        ppl=perplexity(float(nll_t.sum()) / num_tokens),
         elbo=float(-(rec_t + kl_t).mean()),
         rec=float(rec_t.mean()),
         kl=float(kl_t.mean()),
@@ -227,7 +228,7 @@ def _evaluate(model, dataset: TextDataset, cfg: EvalConfig, device, iw: bool, se
         num_sequences=n,
         num_tokens=num_tokens,
         nll_per_word=nll_per_word,
-        ppl_per_word=None if nll_per_word is None else math.exp(nll_per_word),
+        ppl_per_word=None if nll_per_word is None else perplexity(nll_per_word),
         num_words=num_words,
         svi_steps=cfg.svi_steps if latent else 0,
         per_sequence=per_sequence,
