@@ -71,7 +71,7 @@ def test_iw_nll_with_one_sample_is_negative_elbo_in_expectation(informative_mode
     for seed in range(n):
         torch.manual_seed(seed)
         log_w = iw_log_weights(model, _q(model, batch), batch.input_ids, k=1, chunk=1)
-        iw1.append(iw_nll_from_log_weights(log_w))
+        iw1.append(iw_nll_from_log_weights(log_w).detach())
     iw1 = torch.stack(iw1)  # (n, B)
     # −ELBO from the forward pass: analytic KL + many reconstruction samples
     with torch.no_grad():
