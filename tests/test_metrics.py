@@ -49,6 +49,15 @@ def test_iw_log_weights_shape_and_chunking_do_not_matter(informative_model, batc
     assert not torch.equal(chunked[:7], chunked[7:14])  # every chunk draws fresh samples
 
 
+def test_iw_log_weights_build_no_autograd_graph(informative_model, batch):
+    """IW-NLL is evaluation: even called with gradients on and a model that has them, it keeps no graph (K × the
+    decoder's activations would otherwise stay alive)."""
+    assert all(p.requires_grad for p in informative_model.parameters())
+    with torch.enable_grad():
+        log_w = iw_log_weights(informative_model, _q(informative_model, batch), batch.input_ids, k=4, chunk=2)
+    assert not log_w.requires_grad and log_w.grad_fn is None
+
+
 def test_iw_log_weight_is_log_joint_minus_log_posterior(informative_model, batch):
     """With one sample, log w = −rec(z) + log p(z) − log q(z|x) for the z that was drawn."""
     model = informative_model
@@ -71,7 +80,7 @@ def test_iw_nll_with_one_sample_is_negative_elbo_in_expectation(informative_mode
     for seed in range(n):
         torch.manual_seed(seed)
         log_w = iw_log_weights(model, _q(model, batch), batch.input_ids, k=1, chunk=1)
-        iw1.append(iw_nll_from_log_weights(log_w).detach())
+        iw1.append(iw_nll_from_log_weights(log_w))
     iw1 = torch.stack(iw1)  # (n, B)
     # −ELBO from the forward pass: analytic KL + many reconstruction samples
     with torch.no_grad():

@@ -21,7 +21,6 @@ from torch.distributions import Independent
 from .modules.posterior import diagonal_gaussian, pairwise_log_prob
 
 
-@torch.no_grad()
 def perplexity(nats_per_token: float) -> float:
     """exp of a per-token NLL; inf where that exceeds a float (a diverged model's −ELBO), not an OverflowError."""
     try:
@@ -30,6 +29,7 @@ def perplexity(nats_per_token: float) -> float:
         return math.inf
 
 
+@torch.no_grad()
 def iw_log_weights(model, posterior, input_ids: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
     """log p(x, z_k) − log q(z_k|x) for K samples of ``posterior`` = q(z|x), decoded ``chunk`` samples at a time.
 

@@ -34,8 +34,6 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def run_study(
     recipe: str, methods: list[str], seeds: int, overrides: list[str], output_dir: Path, progress: bool = True
 ) -> dict:
-    from .training import fit
-
     if seeds < 1:
         raise TextVAEError("--seeds must be >= 1")
     for method in methods:
@@ -46,7 +44,7 @@ def run_study(
     for method in methods:
         for seed in range(seeds):
             runs.setdefault(method, []).append(_run(recipe, overrides, method, seed, out / method / f"seed-{seed}",
-                                                    progress, fit))
+                                                    progress))
     if "lm" in methods:  # paired Δnll of every run against the LM of its seed, on the same test sentences
         for method in methods:
             for seed, result in enumerate(runs[method]):
@@ -64,10 +62,12 @@ def run_study(
     return study
 
 
-def _run(recipe: str, overrides: list[str], method: str, seed: int, run: Path, progress: bool, fit) -> dict:
+def _run(recipe: str, overrides: list[str], method: str, seed: int, run: Path, progress: bool) -> dict:
     """One (method, seed) of the study: trained, resumed or reused. Its test result with its seconds per epoch
     and validation curve, or ``{"seed": s, "diverged": diverged.json}`` for a run that stopped on non-finite
     steps."""
+    from .training import fit
+
     if not (run / "eval_test.json").is_file() and not (run / DIVERGED_FILE).is_file():
         cfg = load_recipe(recipe, [*overrides, f"method={method}", f"seed={seed}"])
         resume = run.is_dir() and latest_checkpoint(run) is not None
