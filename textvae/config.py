@@ -40,7 +40,7 @@ FREE_BITS_MODES = ("batch_dim", "example_dim", "example_total")  # textvae.objec
 POSITIONS = ("learned", "sinusoidal")
 POOLINGS = ("mean", "first", "pooler")
 LATENT_INJECTIONS = ("prefix", "embedding", "memory")
-SVI_GRADIENTS = ("through", "stop")  # textvae.svi: SA-VAE end to end, or the stop-gradient variant
+SVI_GRADIENTS = ("through", "stop", "finite-difference")  # textvae.svi: end to end, stop-gradient, Kim et al.'s code
 
 
 def key(default: Any = MISSING, *, factory=None, choices: tuple | None = None, ge=None, gt=None, le=None,
@@ -198,6 +198,7 @@ class TrainConfig:
     svi_momentum: float = key(0.5, ge=0.0, lt=1.0)
     svi_max_grad_norm: float = key(5.0, ge=0.0)  # 0 = no clipping
     svi_gradient: str = key("through", choices=SVI_GRADIENTS)  # through: end to end (their main variant) | stop
+    svi_fd_eps: float = key(1e-5, gt=0.0)  # finite-difference: the step of its Hessian-vector products
     lr_decay_factor: float = key(0.5, gt=0.0, le=1.0)  # He et al.: halve the lr ...
     lr_decay_patience_epochs: int = key(2, ge=1)  # ... after this many epochs without validation improvement ...
     lr_decay_min_epoch: int = key(15, ge=0)  # ... but never before this epoch (of the VAE stage), reloading the best

@@ -270,7 +270,8 @@ class SemiAmortized(Strategy):
     def refinement(self, state: dict, kl_weight: float) -> Callable:
         c = self.cfg
         return functools.partial(refine_posterior, steps=c.svi_steps, lr=c.svi_lr, momentum=c.svi_momentum,
-                                 max_grad_norm=c.svi_max_grad_norm, kl_weight=kl_weight, gradient=c.svi_gradient)
+                                 max_grad_norm=c.svi_max_grad_norm, kl_weight=kl_weight, gradient=c.svi_gradient,
+                                 fd_eps=c.svi_fd_eps)
 
 
 # name → strategy class; a run uses every one whose ``enabled(train config)`` is true

@@ -18,6 +18,12 @@ pass, the gradient flowing back into each step's (μ, log σ²), and each step's
 decoder's gradient, are clipped to ``max_grad_norm``. ``"stop"`` refines from
 a detached λ₀ and trains the encoder towards the refined posterior, KL(q_λ₀ ‖ sg(q_λK)) (their
 ``--train_n2n 0 --train_kl 1``): no gradient reaches the encoder through the steps.
+``"finite-difference"`` is their released reverse pass (``optim_n2n.py``, ``backward_mom``) with its
+arithmetic as it is: finite-difference Hessian-vector products (step ε), the gradient at each perturbed
+point clipped jointly over (μ, log σ², every decoder parameter), the stored one per input, and the
+adjoint clipped after each step. When that joint norm exceeds the clip, the difference is dominated
+by the clipping, not the Hessian (docs/mitigations.md measures how often, and what the encoder then
+receives). It needs first derivatives only, so the fused output layer serves every step.
 """
 
 from __future__ import annotations
@@ -93,9 +99,102 @@ def batch_negative_elbo(model, input_ids: torch.Tensor, loc: torch.Tensor, logva
     return (rec / samples + kl_weight * kl_divergence(q, model.prior())).mean()
 
 
+def _clip_(tensors, max_norm: float) -> None:
+    """Scale ``tensors`` in place to a joint norm of at most ``max_norm`` (0: no clipping)."""
+    if max_norm > 0:
+        norm = torch.sqrt(sum((t.float() ** 2).sum() for t in tensors))
+        scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        for t in tensors:
+            t.mul_(scale.to(t.dtype))
+
+
+class _FiniteDifferenceSteps(torch.autograd.Function):
+    """The SVI steps as one function of (λ₀, decoder parameters) → λ_K, differentiated as Kim et al.'s released
+    ``OptimN2N.backward_mom`` does (see the module docstring). Each step's random draws (its z sample, the
+    decoder's dropout) are replayed in the reverse pass from the RNG state saved before them."""
+
+    @staticmethod
+    def forward(ctx, loss_fn, settings, loc0, logvar0, *decoder):
+        steps, lr, momentum, max_norm, eps = settings
+        lam, velocity, saved = [loc0.detach(), logvar0.detach()], None, []
+        with torch.enable_grad():
+            for _ in range(steps):
+                state = _rng_state(loc0.device)
+                leaves = [t.detach().requires_grad_() for t in lam]
+                grads = torch.autograd.grad(loss_fn(*leaves), [*leaves, *decoder], allow_unused=True)
+                g_lam = [g.detach().clone() for g in grads[:2]]
+                _clip_(g_lam[:1], max_norm)
+                _clip_(g_lam[1:], max_norm)  # μ's and log σ²'s each on its own
+                saved.append((state, [t.detach() for t in lam], g_lam, [_zero_if_none(g, p) for g, p in
+                                                                         zip(grads[2:], decoder, strict=True)]))
+                velocity = [-g for g in g_lam] if velocity is None else [
+                    momentum * v - g for v, g in zip(velocity, g_lam, strict=True)]
+                lam = [t + lr * v for t, v in zip(lam, velocity, strict=True)]
+        ctx.loss_fn, ctx.settings, ctx.saved, ctx.decoder = loss_fn, settings, saved, decoder
+        return lam[0], lam[1]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loc, grad_logvar):
+        steps, lr, momentum, max_norm, eps = ctx.settings
+        adjoint = [torch.zeros_like(grad_loc) if grad_loc is None else grad_loc.clone(),
+                   torch.zeros_like(grad_logvar) if grad_logvar is None else grad_logvar.clone()]
+        v_adjoint = [torch.zeros_like(a) for a in adjoint]
+        decoder_grad = [torch.zeros_like(p) for p in ctx.decoder]
+        for state, lam, g_lam, g_decoder in reversed(ctx.saved):
+            v_adjoint = [va + lr * a for va, a in zip(v_adjoint, adjoint, strict=True)]
+            leaves = [(t + eps * va).requires_grad_() for t, va in zip(lam, v_adjoint, strict=True)]
+            with torch.enable_grad(), torch.random.fork_rng(devices=_rng_devices(lam[0].device)):
+                _set_rng_state(state, lam[0].device)
+                grads = torch.autograd.grad(ctx.loss_fn(*leaves), [*leaves, *ctx.decoder], allow_unused=True)
+            perturbed = [_zero_if_none(g, x) for g, x in zip(grads, [*leaves, *ctx.decoder], strict=True)]
+            _clip_(perturbed, max_norm)  # jointly over (μ, log σ², decoder), as theirs
+            h_decoder = [(p - g) / eps for p, g in zip(perturbed[2:], g_decoder, strict=True)]
+            _clip_(h_decoder, max_norm)
+            decoder_grad = [d - h for d, h in zip(decoder_grad, h_decoder, strict=True)]
+            adjoint = [a - (p - g) / eps for a, p, g in zip(adjoint, perturbed[:2], g_lam, strict=True)]
+            _clip_(adjoint, max_norm)
+            v_adjoint = [va * momentum for va in v_adjoint]
+        ctx.saved = None
+        return (None, None, *adjoint, *decoder_grad)
+
+
+def _zero_if_none(grad, like):
+    return torch.zeros_like(like) if grad is None else grad.detach().clone()
+
+
+def _rng_devices(device: torch.device) -> list:
+    return [device] if device.type == "cuda" else []
+
+
+def _rng_state(device: torch.device):
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_rng_state(state, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _finite_difference_refinement(model, posterior, input_ids, steps, lr, momentum, max_grad_norm, kl_weight, eps,
+                                  samples):
+    loc0, logvar0 = posterior.base_dist.loc, 2 * torch.log(posterior.base_dist.scale)
+    decoder = [p for p in model.decoder.parameters() if p.requires_grad]
+
+    def loss_fn(loc, logvar):
+        return batch_negative_elbo(model, input_ids, loc, logvar, kl_weight, twice_differentiable=False,
+                                   samples=samples)
+
+    loc, logvar = _FiniteDifferenceSteps.apply(loss_fn, (steps, lr, momentum, max_grad_norm, eps), loc0, logvar0,
+                                               *decoder)
+    return diagonal_gaussian(loc, torch.exp(0.5 * logvar))
+
+
 def refine_posterior(model, posterior: Independent, input_ids: torch.Tensor, *, steps: int, lr: float = 1.0,
                      momentum: float = 0.5, max_grad_norm: float = 5.0, kl_weight: float = 1.0,
-                     gradient: str = "through", samples: int = 1) -> tuple[Independent, torch.Tensor | None]:
+                     gradient: str = "through", samples: int = 1,
+                     fd_eps: float = 1e-5) -> tuple[Independent, torch.Tensor | None]:
     """SA-VAE's refinement of ``posterior`` (= q_λ₀(z|x)) by ``steps`` SVI steps; see the module docstring.
 
     Returns the refined posterior and, for ``gradient="stop"`` while gradients are on, the per-sequence
@@ -107,6 +206,9 @@ def refine_posterior(model, posterior: Independent, input_ids: torch.Tensor, *, 
     if steps == 0:
         return posterior, None
     training = torch.is_grad_enabled()
+    if training and gradient == "finite-difference":
+        return _finite_difference_refinement(model, posterior, input_ids, steps, lr, momentum, max_grad_norm,
+                                             kl_weight, fd_eps, samples), None
     through = training and gradient == "through"
     loc0, logvar0 = posterior.base_dist.loc, 2 * torch.log(posterior.base_dist.scale)  # λ₀, (B, D) each
     params = [loc0, logvar0] if through else [loc0.detach(), logvar0.detach()]
