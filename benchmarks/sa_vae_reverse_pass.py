@@ -108,29 +108,29 @@ def main() -> None:
     model, _, _ = load_checkpoint(args.run / "checkpoints" / args.checkpoint, "cpu")
     batches = datasets["train"].batches(cfg.train.batch_size, shuffle=True, seed=1)[: args.batches]
     rows = []
-    print("| batch | mode | |textvae| | |rewrite| | |exact, unclipped| | |g0| | cos(textvae, rewrite) | "
-          "cos(rewrite, exact) | cos(rewrite, g0) | joint norm at step 0 |\n|---|---|---|---|---|---|---|---|---|---|")
+    print("| batch | mode | |through| | |finite-difference| | |exact, unclipped| | |g0| | cos(through, fd) | "
+          "cos(fd, exact) | cos(fd, g0) | joint norm at step 0 |\n|---|---|---|---|---|---|---|---|---|---|")
     for i, batch in enumerate(batches):
         for mode in ("eval", "train"):
             model.train(mode == "train")
             seed, final_seed = 1000 + i, 2000 + i
-            rewrite = reverse_pass(model, batch, "finite-difference", seed, final_seed)
+            fd = reverse_pass(model, batch, "finite-difference", seed, final_seed)
             g0, joint = step0(model, batch, seed)
-            row = {"batch": i, "mode": mode, "rewrite_norm": norm(rewrite), "g0_norm": norm(g0),
-                   "cos_rewrite_g0": cosine(rewrite, g0), "joint_norm_step0": joint}
+            row = {"batch": i, "mode": mode, "fd_norm": norm(fd), "g0_norm": norm(g0),
+                   "cos_fd_g0": cosine(fd, g0), "joint_norm_step0": joint}
             if mode == "eval":  # textvae's exact pass has no derivative of dropout's replay: compared without it
-                ours = reverse_pass(model, batch, "through", seed, final_seed)
+                through = reverse_pass(model, batch, "through", seed, final_seed)
                 exact = exact_unclipped(model, batch, seed, final_seed)
-                row.update(textvae_norm=norm(ours), exact_norm=norm(exact), cos_textvae_rewrite=cosine(ours, rewrite),
-                           cos_rewrite_exact=cosine(rewrite, exact))
+                row.update(through_norm=norm(through), exact_norm=norm(exact), cos_through_fd=cosine(through, fd),
+                           cos_fd_exact=cosine(fd, exact))
             rows.append(row)
 
             def fmt(key, spec=".3f", row=row):
                 return format(row[key], spec) if key in row else "—"
 
-            print(f"| {i} | {mode} | {fmt('textvae_norm')} | {fmt('rewrite_norm')} | {fmt('exact_norm', '.4g')} | "
-                  f"{fmt('g0_norm')} | {fmt('cos_textvae_rewrite')} | {fmt('cos_rewrite_exact')} | "
-                  f"{fmt('cos_rewrite_g0')} | {fmt('joint_norm_step0')} |")
+            print(f"| {i} | {mode} | {fmt('through_norm')} | {fmt('fd_norm')} | {fmt('exact_norm', '.4g')} | "
+                  f"{fmt('g0_norm')} | {fmt('cos_through_fd')} | {fmt('cos_fd_exact')} | "
+                  f"{fmt('cos_fd_g0')} | {fmt('joint_norm_step0')} |")
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(),
               "run": {"recipe": cfg.name, "method": cfg.method, "seed": cfg.seed}, "checkpoint": args.checkpoint,
               "budget": f"{args.batches} training batches (seed 1 shuffle), {STEPS} SVI steps, lr {LR}, momentum "

@@ -227,10 +227,12 @@ def _cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return float(a @ b / (a.norm() * b.norm()))
 
 
-def test_finite_difference_reverse_pass_approximates_the_exact_one_without_clipping(batch):
+@pytest.mark.parametrize("dropout", [False, True])
+def test_finite_difference_reverse_pass_approximates_the_exact_one_without_clipping(batch, dropout):
     """Kim et al.'s finite-difference Hessian-vector products, with nothing clipped, give the exact end-to-end
-    gradient of the encoder's posterior head and of the decoder, up to the differences' error."""
-    model = _informative().eval()  # no dropout: the steps are a function of λ₀ and the noise alone
+    gradient of the encoder's posterior head and of the decoder, up to the differences' error. With dropout,
+    only if each reverse step replays its forward step's masks (the exact pass differentiates those masks)."""
+    model = _informative(dec_dropout_in=0.3, dec_dropout_out=0.3).train(dropout)
     kwargs = dict(steps=3, lr=0.3, max_grad_norm=0.0)
     exact = _posterior_and_decoder_grads(model, batch, "through", **kwargs)
     approx = _posterior_and_decoder_grads(model, batch, "finite-difference", fd_eps=1e-3, **kwargs)
@@ -240,15 +242,9 @@ def test_finite_difference_reverse_pass_approximates_the_exact_one_without_clipp
     assert torch.allclose(head_approx, head_exact, rtol=0.05, atol=1e-3 * float(head_exact.abs().max()))
 
 
-def test_finite_difference_reverse_pass_replays_dropout_and_clips_the_adjoint(batch):
-    """In training mode each step's dropout masks are replayed in the reverse pass (the same gradient twice from
-    the same seed), and with a tiny clip the gradient reaching λ₀ is bounded by it."""
+def test_finite_difference_reverse_pass_clips_the_adjoint(batch):
+    """With a tiny clip the gradient reaching λ₀ is bounded by it, and it is not zero."""
     model = _informative().train()
-    kwargs = dict(steps=4, lr=1.0, max_grad_norm=5.0)
-    first = _posterior_and_decoder_grads(model, batch, "finite-difference", **kwargs)
-    again = _posterior_and_decoder_grads(model, batch, "finite-difference", **kwargs)
-    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
-    assert float(first[0].abs().sum()) > 0  # the encoder learns through the steps
 
     torch.manual_seed(3)
     posterior = model.encode(batch.input_ids, batch.attention_mask)
@@ -257,4 +253,5 @@ def test_finite_difference_reverse_pass_replays_dropout_and_clips_the_adjoint(ba
     refined, _ = refine_posterior(model, diagonal_gaussian(loc0, torch.exp(0.5 * logvar0)), batch.input_ids,
                                   steps=4, lr=1.0, max_grad_norm=1e-3, gradient="finite-difference")
     (refined.base_dist.loc.sum() * 1e3 + refined.base_dist.scale.sum() * 1e3).backward()
-    assert float(torch.sqrt(loc0.grad.pow(2).sum() + logvar0.grad.pow(2).sum())) <= 1e-3 * (1 + 1e-4)
+    norm = float(torch.sqrt(loc0.grad.pow(2).sum() + logvar0.grad.pow(2).sum()))
+    assert 0 < norm <= 1e-3 * (1 + 1e-4)

@@ -55,9 +55,14 @@ class _ClipBackward(torch.autograd.Function):
         present = [g for g in grads if g is not None]
         if not present:
             return (None, *grads)
-        norm = torch.sqrt(sum((g.detach().float() ** 2).sum() for g in present))
-        scale = torch.clamp(ctx.max_norm / (norm + 1e-6), max=1.0)
+        scale = _joint_clip_scale(present, ctx.max_norm)
         return (None, *(None if g is None else g * scale.to(g.dtype) for g in grads))
+
+
+def _joint_clip_scale(tensors, max_norm: float) -> torch.Tensor:
+    """min(1, ``max_norm`` / the joint norm of ``tensors``): the factor that clips them together."""
+    norm = torch.sqrt(sum((t.detach().float() ** 2).sum() for t in tensors))
+    return torch.clamp(max_norm / (norm + 1e-6), max=1.0)
 
 
 def _clipped(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -102,8 +107,7 @@ def batch_negative_elbo(model, input_ids: torch.Tensor, loc: torch.Tensor, logva
 def _clip_(tensors, max_norm: float) -> None:
     """Scale ``tensors`` in place to a joint norm of at most ``max_norm`` (0: no clipping)."""
     if max_norm > 0:
-        norm = torch.sqrt(sum((t.float() ** 2).sum() for t in tensors))
-        scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        scale = _joint_clip_scale(tensors, max_norm)
         for t in tensors:
             t.mul_(scale.to(t.dtype))
 
@@ -136,7 +140,7 @@ class _FiniteDifferenceSteps(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loc, grad_logvar):
-        steps, lr, momentum, max_norm, eps = ctx.settings
+        _, lr, momentum, max_norm, eps = ctx.settings
         adjoint = [torch.zeros_like(grad_loc) if grad_loc is None else grad_loc.clone(),
                    torch.zeros_like(grad_logvar) if grad_logvar is None else grad_logvar.clone()]
         v_adjoint = [torch.zeros_like(a) for a in adjoint]
