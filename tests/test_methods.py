@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -45,6 +46,10 @@ def test_each_method_sets_what_it_names():
     assert (fb.critic, fb.model) == (load("critic-self").critic, load("critic-self").model)
     assert (fb.train.free_bits, fb.train.free_bits_mode) == (0.1, "batch_dim")
     assert load("bn-vae").model.bn_gamma > 0 and load("word-dropout").model.word_dropout > 0
+    sa, fd = load("sa-vae"), load("sa-vae-fd")  # the same SA-VAE, differentiated two ways
+    assert (sa.train.svi_gradient, fd.train.svi_gradient) == ("through", "finite-difference")
+    assert sa.train.svi_steps == fd.train.svi_steps == sa.eval.svi_steps == fd.eval.svi_steps == 20
+    assert dataclasses.replace(sa.train, svi_gradient="finite-difference") == fd.train
     # the user's overrides come after the method's
     assert load_recipe("debug", ["method=bn-vae", "model.bn_gamma=0.3"]).model.bn_gamma == 0.3
 

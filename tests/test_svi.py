@@ -255,3 +255,25 @@ def test_finite_difference_reverse_pass_clips_the_adjoint(batch):
     (refined.base_dist.loc.sum() * 1e3 + refined.base_dist.scale.sum() * 1e3).backward()
     norm = float(torch.sqrt(loc0.grad.pow(2).sum() + logvar0.grad.pow(2).sum()))
     assert 0 < norm <= 1e-3 * (1 + 1e-4)
+
+
+def _denormals_flushed() -> bool:
+    return torch.tensor([1e-39]).item() == 0.0  # an fp32 denormal survives unless it is flushed
+
+
+@pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU has no flush-to-zero mode (not x86 SSE3)")
+def test_sa_vae_flushes_denormals_in_its_training_loop_only(tmp_path, monkeypatch):
+    """train.flush_denormal (set by the sa-vae methods) holds while fit's training steps run, not after."""
+    seen = []
+
+    def recording_step(*args, **kwargs):
+        seen.append(_denormals_flushed())
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", recording_step)
+    for method in ("sa-vae", "vae"):
+        fit(load_recipe("debug", FAST + [f"method={method}", "train.svi_steps=2", "train.max_steps=2"]),
+            tmp_path / method, progress=False)
+        assert seen and set(seen) == {method == "sa-vae"}, method
+        assert not _denormals_flushed()  # restored for whatever runs next
+        seen.clear()

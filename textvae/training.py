@@ -346,12 +346,14 @@ def fit(
     default_threads = torch.get_num_threads()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)  # the training loop only; evaluation uses every core
+    torch.set_flush_denormal(cfg.train.flush_denormal)  # the training loop only, as the threads
     try:
         with stop_on_sigint() as interrupted:
             _train(run, cfg, model, tokenizer, critic, optimizer, critic_optimizer, datasets, state, device,
                    progress and world.main, interrupted, world, strategies)
     finally:
         torch.set_num_threads(default_threads)
+        torch.set_flush_denormal(False)  # torch's default
     final_evaluation(run, cfg, datasets["test"], device, progress and world.main, world)  # sharded over ranks
     if world.main:
         plot_training_curves(run / "metrics.jsonl", run / "curves.png")
