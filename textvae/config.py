@@ -215,7 +215,7 @@ class TrainConfig:
     max_bad_steps: int = key(10, ge=1)  # steps with a non-finite loss or gradient are skipped; stop after this many
     num_threads: int | None = key(None, ge=1)  # torch CPU threads for the training loop (None: torch's default)
     # flush denormal floats to zero in the training loop (torch.set_flush_denormal; x86 CPUs with SSE3). Values
-    # below 1.2e-38 become 0. SA-VAE's twice-differentiated steps produce them and ran up to 1.7x slower
+    # below 1.2e-38 become 0. SA-VAE's twice-differentiated steps produce them and ran up to 1.84x slower
     # (docs/mitigations.md); the sa-vae methods set it
     flush_denormal: bool = key(False)
     # fp32 | bf16 (autocast: bf16 matrix products, fp32 parameters and loss) | fp16 (CUDA only, with a
