@@ -50,10 +50,15 @@ def test_figures(run: Path, model_dir: Path) -> dict:
     """The protocol's test figures of one model of the run (a snapshot or the final best model)."""
     if model_dir.name == "model":
         return read_json(run / "eval_test.json")
+    cached = model_dir / "eval_test.json"  # a snapshot's figures, computed once
+    if cached.is_file():
+        return read_json(cached)
     cfg = load_config(run)
     model, tokenizer = load_model_dir(model_dir)
     datasets, _ = build_datasets(cfg, tokenizer)
-    return evaluate(model, datasets["test"], cfg.eval, seed=cfg.seed, progress=False).to_dict()
+    figures = evaluate(model, datasets["test"], cfg.eval, seed=cfg.seed, progress=False).to_dict()
+    atomic_write_text(cached, json.dumps(figures, indent=2) + "\n")
+    return figures
 
 
 def method_result(args, method: str) -> dict:
