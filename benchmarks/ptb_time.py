@@ -11,7 +11,8 @@ Writes ``benchmarks/results/ptb_time.json`` (rewritten after each method) and th
 ``--plot`` (validation nll, kl, mi and au against training seconds, one curve per method), and prints
 the test table at 25/50/100% of the budget and the time each method takes to reach the target:
 validation mi ≥ ``--target-mi`` nats with validation ppl within ``--target-ppl`` of the LM's at the
-same training time ("never" when it does not).
+same training time ("never" when it does not; several comma-separated excesses give one column each).
+Printed figures are truncated, never rounded up.
 
 Usage::
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
 from ptb_baselines import machine
@@ -116,12 +118,17 @@ def plot(results: list[dict], out: Path) -> None:
 def write(args, methods: list[str]) -> dict:
     results = [method_result(args, m) for m in methods]
     lm = next((r for r in results if r["method"] == "lm" and r["curve"]), None)
+    lm_done = lm is not None and lm["finished"]
     for r in results:
-        r["seconds_to_target"] = None if lm is None or not r["curve"] else time_to_target(
-            r["curve"], lm["curve"], args.target_mi, 1 + args.target_ppl)
+        r["seconds_to_target"] = [None if lm is None or not r["curve"] else time_to_target(
+            r["curve"], lm["curve"], args.target_mi, 1 + excess) for excess in args.target_ppl]
+        if lm_done and "100%" in r.get("test", {}):  # paired against the LM on the same test sentences
+            paired = textvae.compare(args.runs / r["method"], args.runs / "lm")
+            r["test"]["100%"]["dnll_vs_lm"] = paired.mean_diff
+            r["test"]["100%"]["dnll_paired_stderr"] = paired.paired_stderr
     study = {"budget_minutes": args.minutes, "seed": args.seed, "split": "test", "iw_samples": args.iw_samples,
-             "valid_iw_samples": args.valid_iw_samples, "target": {"valid_mi": args.target_mi,
-                                                                  "valid_ppl_vs_lm": 1 + args.target_ppl},
+             "valid_iw_samples": args.valid_iw_samples, "targets": [{"valid_mi": args.target_mi, "valid_ppl_vs_lm": 1 + excess}
+                                                                   for excess in args.target_ppl],
              "machine": args.machine, "rows": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(study, indent=2) + "\n")
@@ -130,16 +137,25 @@ def write(args, methods: list[str]) -> dict:
     return study
 
 
+def cut(x: float, digits: int, sign: bool = False) -> str:
+    """``x`` to ``digits`` decimals truncated toward zero, so that a printed figure never overstates it."""
+    s = str(Decimal(repr(x)).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_DOWN))
+    return f"+{s}" if sign and not s.startswith("-") else s
+
+
 def print_tables(study: dict) -> None:
-    print("\n| method | at | nll | ppl | kl | mi | au |\n|---|---|---|---|---|---|---|")
+    print("\n| method | at | nll | ppl | kl | mi | au | Δnll vs lm (paired s.e.) |\n|---|---|---|---|---|---|---|---|")
     for r in study["rows"]:
         for at, t in r.get("test", {}).items():
-            print(f"| {r['method']} | {at} | {t['nll']:.2f} ± {t['nll_stderr']:.2f} | {t['ppl']:.2f} | {t['kl']:.3f} | "
-                  f"{t['mi']:.3f} | {t['au']} |")
-    print("\n| method | training seconds to valid mi ≥ target with ppl within target of lm |\n|---|---|")
+            d = f"{cut(t['dnll_vs_lm'], 3, True)} ({cut(t['dnll_paired_stderr'], 3)})" if "dnll_vs_lm" in t else "—"
+            print(f"| {r['method']} | {at} | {cut(t['nll'], 2)} ± {cut(t['nll_stderr'], 2)} | {cut(t['ppl'], 2)} | "
+                  f"{cut(t['kl'], 3)} | {cut(t['mi'], 3)} | {t['au']} | {d} |")
+    targets = [f"mi ≥ {t['valid_mi']:g}, ppl ≤ {t['valid_ppl_vs_lm']:g}× lm" for t in study["targets"]]
+    print("\n| method | " + " | ".join(f"training seconds to valid {t}" for t in targets) + " |\n|---|"
+          + "---|" * len(targets))
     for r in study["rows"]:
-        s = r["seconds_to_target"]
-        print(f"| {r['method']} | {'never' if s is None or (isinstance(s, float) and math.isnan(s)) else f'{s:.0f}'} |")
+        cells = ["never" if s is None else str(math.floor(s)) for s in r["seconds_to_target"]]
+        print(f"| {r['method']} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -154,7 +170,8 @@ def main() -> None:
     parser.add_argument("--iw-samples", type=int, default=100, help="K of the test evaluations")
     parser.add_argument("--valid-iw-samples", type=int, default=10, help="K of each epoch's validation IW-NLL")
     parser.add_argument("--target-mi", type=float, default=2.0)
-    parser.add_argument("--target-ppl", type=float, default=0.02, help="allowed relative ppl excess over the LM's")
+    parser.add_argument("--target-ppl", type=lambda s: [float(v) for v in s.split(",")], default=[0.02],
+                        help="allowed relative ppl excess over the LM's; comma-separated for several targets")
     parser.add_argument("--extra", nargs="*", default=[], help="further key=value overrides (a smoke test's budget)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ptb_time.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/results/ptb_time.png"))
