@@ -105,7 +105,8 @@ def plot(results: list[dict], out: Path) -> None:
     for ax, key in zip(axes, ("nll", "kl", "mi", "au"), strict=True):
         for r in results:
             xs = [p["train_seconds"] / 60 for p in r["curve"]]
-            ax.plot(xs, [p[key] for p in r["curve"]], marker="o", ms=2, label=r["method"])
+            ms = 6 if len(xs) == 1 else 2  # a method that has not finished an epoch has one point
+            ax.plot(xs, [p[key] for p in r["curve"]], marker="o", ms=ms, label=r["method"])
         ax.set_title(f"validation {key}")
         ax.set_xlabel("training minutes")
     axes[0].legend(fontsize=7)
