@@ -145,7 +145,9 @@ def cut(x: float, digits: int, sign: bool = False) -> str:
 
 
 def print_tables(study: dict) -> None:
-    print("\n| method | at | nll | ppl | kl | mi | au | Δnll vs lm (paired s.e.) |\n|---|---|---|---|---|---|---|---|")
+    ceiling = next((t["mi_ceiling"] for r in study["rows"] for t in r.get("test", {}).values()), math.nan)
+    print(f"\n| method | at | nll | ppl | kl | mi (ceiling {cut(ceiling, 2)}) | au | Δnll vs lm (paired s.e.) |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in study["rows"]:
         for at, t in r.get("test", {}).items():
             d = f"{cut(t['dnll_vs_lm'], 3, True)} ({cut(t['dnll_paired_stderr'], 3)})" if "dnll_vs_lm" in t else "—"
