@@ -29,6 +29,7 @@ from ptb_baselines import machine
 
 import textvae
 from textvae.checkpoint import atomic_write_text, latest_checkpoint, load_trainer_state, read_json
+from textvae.errors import TextVAEError
 from textvae.tracking import read_metrics
 
 OPTIMIZERS = {"sgd": ["train.optimizer=sgd", "train.lr=1.0"], "adam": ["train.optimizer=adam", "train.lr=0.001"]}
@@ -54,8 +55,11 @@ def row(args, run: Path, optimizer: str, method: str, seed: int) -> dict:
                        + " ".join(overrides(args, optimizer, method, seed)).replace(args.data_dir, args.data)}
     valid = [r for r in read_metrics(run / "metrics.jsonl") if r["split"] == "valid"] \
         if (run / "metrics.jsonl").is_file() else []
-    checkpoint = latest_checkpoint(run) if run.is_dir() else None
-    state = load_trainer_state(checkpoint) if checkpoint else {}
+    try:
+        checkpoint = latest_checkpoint(run) if run.is_dir() else None
+        state = load_trainer_state(checkpoint) if checkpoint else {}
+    except TextVAEError:  # another process's run removed its oldest checkpoint as this one read it
+        state = {}
     halvings = state.get("n_decays", 0)  # of the run's last schedule (ae-fb: its VAE stage's)
     base.update(epochs=state.get("epoch", 0), lr_halvings=halvings, converged=halvings >= 5,
                 train_seconds=state.get("train_seconds"),
@@ -73,8 +77,21 @@ def row(args, run: Path, optimizer: str, method: str, seed: int) -> dict:
     return out
 
 
+def on_disk(runs: Path) -> list[tuple[str, str, int]]:
+    """Every ``<optimiser>/<method>/seed-<s>`` run under ``runs``: another process's plan included."""
+    found = []
+    for run in sorted(runs.glob("*/*/seed-*")) if runs.is_dir() else []:
+        optimizer, method, seed = run.parent.parent.name, run.parent.name, run.name.removeprefix("seed-")
+        if optimizer in OPTIMIZERS and seed.isdigit() and run.is_dir():
+            found.append((optimizer, method, int(seed)))
+    return found
+
+
 def write_rows(args, plan: list[tuple[str, str, int]]) -> list[dict]:
-    rows = [row(args, args.runs / o / m / f"seed-{s}", o, m, s) for o, m, s in plan]
+    """Rewrite the JSON with this process's plan and every other run under ``--runs`` (two processes
+    sharing the cores each run their own methods into one table)."""
+    everything = plan + [key for key in on_disk(args.runs) if key not in plan]
+    rows = [row(args, args.runs / o / m / f"seed-{s}", o, m, s) for o, m, s in everything]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps({"rows": rows}, indent=2) + "\n")
     return rows
