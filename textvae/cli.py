@@ -20,6 +20,7 @@ import typer
 from .config import list_recipes, load_recipe, recipe_path
 from .errors import TextVAEError
 from .generation import DecodeConfig
+from .modules import matmul
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help="Variational autoencoders of text.")
 recipes_app = typer.Typer(help="List, show and copy the bundled recipes.")
@@ -444,6 +445,7 @@ def main() -> None:
     _log_to_stderr()
     usage_errors = _usage_error_types()
     try:
+        matmul.backend()  # a bad TEXTVAE_CPU_MATMUL is a one-line error before any work starts
         code = app(standalone_mode=False, prog_name="textvae")
     except TextVAEError as err:
         typer.echo(f"error: {err}", err=True)

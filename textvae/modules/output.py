@@ -10,12 +10,15 @@ and (V,) gradients of Σ nll (the (V, H) one from a buffer of gradient rows, one
 gradient, which a sum or mean of the per-position losses makes the same for every
 position (a non-uniform one recomputes the blocks with its weights). The values are
 those of ``F.cross_entropy(F.linear(h, W, b), targets, reduction="none")`` up to
-floating-point summation order.
+floating-point summation order. The fp32 products go through :mod:`textvae.modules.matmul`
+(MKL or oneDNN, whichever is fast on the CPU).
 """
 
 from __future__ import annotations
 
 import torch
+
+from . import matmul
 
 # One block of logits: about 6 MiB, in the last-level cache. Larger blocks keep the products near peak, smaller
 # ones the softmax in cache; benchmarks/output_blocks.py (AMX Xeon, one core, PTB fp32 VAE step) measured 1.396×
@@ -62,10 +65,8 @@ def _blocks(hidden, weight, bias, targets, rows: int, row_weights=None, grads: b
             logits = (h @ w.t()).float()  # (n', V)
             if bias is not None:
                 logits += bias.float()
-        elif bias is None:
-            logits = torch.mm(h, w.t(), out=out)  # (n', V)
         else:
-            logits = torch.addmm(bias, h, w.t(), out=out)
+            logits = matmul.linear(h, w, bias, out=out)  # (n', V)
         picked = logits.gather(1, t[:, None])[:, 0]
         # log-sum-exp in place, with one exp pass over the block: exp(x − max) is also the softmax's numerator
         top = logits.amax(dim=1, keepdim=True)  # (n', 1)
@@ -81,16 +82,16 @@ def _blocks(hidden, weight, bias, targets, rows: int, row_weights=None, grads: b
             g_b += grad.sum(0)
         if low:
             slot.copy_(grad)  # into the products' dtype
-        g_h[start : start + rows] = slot @ w
+        g_h[start : start + rows] = matmul.matmul(slot, w)
         end = start + t.size(0)
         if end - flushed == buffer.size(0) or end == n:  # the buffer is full (or the rows are done)
             grad_rows, features = buffer[: end - flushed], hidden[flushed:end]
             if g_w is None:
-                g_w = (grad_rows.t() @ features).float()  # (V, H)
+                g_w = matmul.matmul(grad_rows.t(), features).float()  # (V, H)
             elif low:
                 g_w.add_(grad_rows.t() @ features)
             else:
-                g_w.addmm_(grad_rows.t(), features)
+                matmul.add_matmul(g_w, grad_rows.t(), features)
             flushed = end
     if grads and g_w is None:  # no rows
         g_w = torch.zeros_like(weight, dtype=torch.float32)
@@ -126,7 +127,8 @@ class LinearCrossEntropy(torch.autograd.Function):
             if g_b is not None:
                 g_b.mul_(scale)
         ctx.grads = None  # the returned gradients are autograd's alone: it keeps them as .grad without a copy
-        return (g_h, g_w.to(weight.dtype), None if g_b is None else g_b.to(bias.dtype), None, None)
+        g_w = g_w.to(weight.dtype, memory_format=torch.contiguous_format)  # oneDNN's may be a transposed view
+        return (g_h, g_w, None if g_b is None else g_b.to(bias.dtype), None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
