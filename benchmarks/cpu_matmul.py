@@ -28,15 +28,12 @@ from pathlib import Path
 
 import torch
 from ptb_baselines import machine
-from speed import HeVAE, equal_length_batches, he_optimisers, he_step
+from speed import equal_length_batches, he_step, median_length_sentences, textvae_iw_nll, vae_with_reference
 
 from textvae.builders import build_datasets, build_model
 from textvae.config import load_recipe
-from textvae.data import TextDataset
-from textvae.metrics import iw_chunk_size, iw_log_weights, iw_nll_from_log_weights
 from textvae.modules import matmul
-from textvae.modules.critics import build_critic
-from textvae.training import critic_own_parameters, prepare_training, train_step
+from textvae.training import train_step
 
 BACKENDS = ("mkl", "onednn")
 
@@ -76,14 +73,7 @@ def products(repeats: int) -> list[dict]:
 
 def training(cfg, tok, batches, steps: int, windows: int) -> dict:
     """Tokens/s of the vae step under each backend and of He et al.'s step, windows alternating."""
-    torch.manual_seed(0)
-    model = build_model(cfg, tok).train()
-    he = HeVAE(tok.vocab_size, cfg.model.embed_dim, cfg.model.dec_hidden_dim, cfg.model.latent_dim, 0.5)
-    he.load_textvae(model).train()
-    he_opts = he_optimisers(he)
-    critic = build_critic(cfg.critic, model)
-    opt, copt = prepare_training(model, critic, cfg, cfg.train.lr)
-    params = critic_own_parameters(critic, model)
+    model, critic, opt, copt, params, he, he_opts = vae_with_reference(cfg, tok)
 
     def step(backend):
         def run(batch):
@@ -111,20 +101,11 @@ def training(cfg, tok, batches, steps: int, windows: int) -> dict:
 def iw_nll(cfg, datasets, tok, sentences: int, repeats: int) -> dict:
     torch.manual_seed(0)
     model = build_model(cfg, tok).eval()
-    full = datasets["test"]
-    order = sorted(range(len(full)), key=lambda i: len(full.ids[i]))
-    mid = len(order) // 2
-    test = TextDataset([full.ids[i] for i in order[mid - sentences // 2 : mid + sentences - sentences // 2]])
+    test = median_length_sentences(datasets["test"], sentences)
 
-    @torch.inference_mode()
     def run() -> float:
         torch.manual_seed(0)
-        total = 0.0
-        for batch in test.batches(cfg.eval.batch_size):
-            chunk = iw_chunk_size(cfg.eval.max_chunk_logits, *batch.input_ids.shape, tok.vocab_size)
-            posterior = model.encode(batch.input_ids, batch.attention_mask)
-            total += float(iw_nll_from_log_weights(iw_log_weights(model, posterior, batch.input_ids, 500, chunk)).sum())
-        return total / len(test)
+        return textvae_iw_nll(model, test, cfg, tok.vocab_size)
 
     rates: dict[str, list[float]] = {b: [] for b in BACKENDS}
     values: dict[str, float] = {}

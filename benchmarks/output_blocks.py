@@ -24,13 +24,12 @@ from pathlib import Path
 
 import torch
 from ptb_baselines import machine
-from speed import HeVAE, equal_length_batches, he_optimisers, he_step
+from speed import equal_length_batches, he_step, vae_with_reference
 
-from textvae.builders import build_datasets, build_model
+from textvae.builders import build_datasets
 from textvae.config import load_recipe
 from textvae.modules import output
-from textvae.modules.critics import build_critic
-from textvae.training import critic_own_parameters, prepare_training, train_step
+from textvae.training import train_step
 
 
 def main() -> None:
@@ -47,14 +46,7 @@ def main() -> None:
     cfg = load_recipe("ptb", [f"data.dir={args.data}", "method=vae"])
     datasets, tok = build_datasets(cfg)
     batches = equal_length_batches(datasets["train"], cfg.train.batch_size)
-    torch.manual_seed(0)
-    model = build_model(cfg, tok).train()
-    he = HeVAE(tok.vocab_size, cfg.model.embed_dim, cfg.model.dec_hidden_dim, cfg.model.latent_dim, 0.5)
-    he.load_textvae(model).train()
-    he_opts = he_optimisers(he)
-    critic = build_critic(cfg.critic, model)
-    opt, copt = prepare_training(model, critic, cfg, cfg.train.lr)
-    params = critic_own_parameters(critic, model)
+    model, critic, opt, copt, params, he, he_opts = vae_with_reference(cfg, tok)
     default = output.BLOCK_BYTES
 
     def variant(precision: str, mib: float):

@@ -189,24 +189,45 @@ def training_rates(cfg_for, datasets, tok, batches, steps: int, repeats: int) ->
     return {name: {"median": statistics.median(r), "windows": r} for name, r in rates.items()}
 
 
+def median_length_sentences(full: TextDataset, n: int) -> TextDataset:
+    """The ``n`` sentences around the median length of ``full``."""
+    order = sorted(range(len(full)), key=lambda i: len(full.ids[i]))
+    mid = len(order) // 2
+    return TextDataset([full.ids[i] for i in order[mid - n // 2 : mid + n - n // 2]])
+
+
+@torch.inference_mode()
+def textvae_iw_nll(model, test: TextDataset, cfg, vocab_size: int, samples: int = 500) -> float:
+    """Mean IW-NLL over ``test`` by textvae's batched evaluator."""
+    total = 0.0
+    for batch in test.batches(cfg.eval.batch_size):
+        chunk = iw_chunk_size(cfg.eval.max_chunk_logits, *batch.input_ids.shape, vocab_size)
+        posterior = model.encode(batch.input_ids, batch.attention_mask)
+        total += float(iw_nll_from_log_weights(iw_log_weights(model, posterior, batch.input_ids, samples, chunk)).sum())
+    return total / len(test)
+
+
+def vae_with_reference(cfg, tok):
+    """The ``vae`` model (seed 0) with its critic and optimisers, and He et al.'s model on the same weights
+    with theirs: ``(model, critic, opt, copt, critic_params, he, he_opts)``."""
+    torch.manual_seed(0)
+    model = build_model(cfg, tok).train()
+    he = HeVAE(tok.vocab_size, cfg.model.embed_dim, cfg.model.dec_hidden_dim, cfg.model.latent_dim, 0.5)
+    he.load_textvae(model).train()
+    critic = build_critic(cfg.critic, model)
+    opt, copt = prepare_training(model, critic, cfg, cfg.train.lr)
+    return model, critic, opt, copt, critic_own_parameters(critic, model), he, he_optimisers(he)
+
+
 def iw_rates(cfg, datasets, tok, sentences: int, repeats: int) -> dict:
     torch.manual_seed(0)
     model = build_model(cfg, tok).eval()
     he = HeVAE(tok.vocab_size, cfg.model.embed_dim, cfg.model.dec_hidden_dim, cfg.model.latent_dim, 0.5)
     he.load_textvae(model).eval()
-    full = datasets["test"]
-    order = sorted(range(len(full)), key=lambda i: len(full.ids[i]))
-    mid = len(order) // 2
-    test = TextDataset([full.ids[i] for i in order[mid - sentences // 2 : mid + sentences - sentences // 2]])
+    test = median_length_sentences(datasets["test"], sentences)
 
-    @torch.inference_mode()
     def ours() -> float:
-        total = 0.0
-        for batch in test.batches(cfg.eval.batch_size):
-            chunk = iw_chunk_size(cfg.eval.max_chunk_logits, *batch.input_ids.shape, tok.vocab_size)
-            posterior = model.encode(batch.input_ids, batch.attention_mask)
-            total += float(iw_nll_from_log_weights(iw_log_weights(model, posterior, batch.input_ids, 500, chunk)).sum())
-        return total / len(test)
+        return textvae_iw_nll(model, test, cfg, tok.vocab_size)
 
     @torch.inference_mode()
     def theirs() -> float:
