@@ -91,13 +91,13 @@ def _onednn(*tensors: torch.Tensor) -> bool:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            out: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ weight.T (+ bias)``, into ``out`` when given.
+    """``x @ weight.T (+ bias)``: MKL writes it into ``out`` when given; oneDNN returns a new tensor (copying
+    it into ``out`` would cost a pass over it), so use the result.
 
     Shape: x (N, H), weight (V, H), bias (V,) → (N, V).
     """
     if _onednn(x, weight):
-        y = _onednn_linear(x, weight, bias)
-        return y if out is None else out.copy_(y)
+        return _onednn_linear(x, weight, bias)
     if bias is None:
         return torch.mm(x, weight.t(), out=out)
     return torch.addmm(bias, x, weight.t(), out=out)

@@ -58,7 +58,8 @@ def _blocks(hidden, weight, bias, targets, rows: int, row_weights=None, grads: b
     flushed = 0  # rows whose gradient is in g_w
     for start in range(0, n, rows):
         h, t = hidden[start : start + rows], targets[start : start + rows]
-        # fp32 with gradients: the logits are formed in the buffer, and become the gradient there in place
+        # fp32 with gradients: the logits are formed in the buffer (oneDNN: a block of their own), and become
+        # the gradient there in place
         slot = buffer[start - flushed : start - flushed + t.size(0)] if grads else None
         out = slot if grads and not low else None
         if low:
@@ -66,7 +67,8 @@ def _blocks(hidden, weight, bias, targets, rows: int, row_weights=None, grads: b
             if bias is not None:
                 logits += bias.float()
         else:
-            logits = matmul.linear(h, w, bias, out=out)  # (n', V)
+            logits = matmul.linear(h, w, bias, out=out)  # (n', V); from oneDNN a new tensor, not the slot
+            slot = logits
         picked = logits.gather(1, t[:, None])[:, 0]
         # log-sum-exp in place, with one exp pass over the block: exp(x − max) is also the softmax's numerator
         top = logits.amax(dim=1, keepdim=True)  # (n', 1)
@@ -85,7 +87,8 @@ def _blocks(hidden, weight, bias, targets, rows: int, row_weights=None, grads: b
         g_h[start : start + rows] = matmul.matmul(slot, w)
         end = start + t.size(0)
         if end - flushed == buffer.size(0) or end == n:  # the buffer is full (or the rows are done)
-            grad_rows, features = buffer[: end - flushed], hidden[flushed:end]
+            # fp32: one block per flush, whose gradient is the block itself
+            grad_rows, features = (buffer[: end - flushed] if low else slot), hidden[flushed:end]
             if g_w is None:
                 g_w = matmul.matmul(grad_rows.t(), features).float()  # (V, H)
             elif low:
