@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from ptb_baselines import machine
+from ptb_time import cut
 
 import textvae
 from textvae.checkpoint import atomic_write_text, latest_checkpoint, load_trainer_state, read_json
@@ -97,6 +98,23 @@ def write_rows(args, plan: list[tuple[str, str, int]]) -> list[dict]:
     return rows
 
 
+def print_table(rows: list[dict]) -> None:
+    """The rows as a Markdown table, figures truncated (never rounded up); hours of training."""
+    print("\n| optimiser | method | seed | epochs | halvings | nll | ppl | kl | mi | mi_batch | au | "
+          "Δnll vs lm (paired s.e.) | training h |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        hours = "—" if r["train_seconds"] is None else cut(r["train_seconds"] / 3600, 2)
+        head = f"| {r['optimizer']} | {r['method']} | {r['seed']} | {r['epochs']} | {r['lr_halvings']} |"
+        if not r["finished"]:
+            best = "—" if r["best_valid_loss"] is None else cut(r["best_valid_loss"], 2)
+            print(f"{head} unfinished (best valid −ELBO {best}) | | | | | | | {hours} |")
+            continue
+        d = "—" if r["dnll_vs_lm"] is None else \
+            f"{cut(r['dnll_vs_lm'], 3, sign=True)} ({cut(r['dnll_paired_stderr'], 3)})"
+        print(f"{head} {cut(r['nll'], 2)} ± {cut(r['nll_stderr'], 2)} | {cut(r['ppl'], 2)} | {cut(r['kl'], 3)} | "
+              f"{cut(r['mi'], 3)} (of {cut(r['mi_ceiling'], 2)}) | {cut(r['mi_batch'], 3)} | {r['au']} | {d} | {hours} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/ptb")
@@ -110,6 +128,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ptb_full.json"))
+    parser.add_argument("--report", action="store_true", help="rewrite the JSON and print the table; train nothing")
     args = parser.parse_args()
     args.data_dir = str(Path(args.data).resolve())  # the runs store it absolute; the rows show it as given
     args.machine = machine()
@@ -118,25 +137,17 @@ def main() -> None:
     for o in {o for o, _, _ in plan}:
         if o not in OPTIMIZERS:
             sys.exit(f"error: unknown optimiser '{o}' (choose from {', '.join(OPTIMIZERS)})")
-    write_rows(args, plan)
+    rows = write_rows(args, plan)
+    if args.report:
+        print_table(rows)
+        return
     for optimizer, method, seed in plan:
         run = args.runs / optimizer / method / f"seed-{seed}"
         if not (run / "eval_test.json").is_file():
             resume = run.is_dir() and latest_checkpoint(run) is not None
             textvae.train(args.recipe, overrides(args, optimizer, method, seed), run, overwrite=not resume,
                           resume=resume)
-        rows = write_rows(args, plan)
-        print("\n| optimiser | method | epochs | halvings | nll | ppl | kl | mi | mi_batch | au | Δnll vs lm |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            if r["finished"]:
-                d = "—" if r["dnll_vs_lm"] is None else f"{r['dnll_vs_lm']:+.3f} ({r['dnll_paired_stderr']:.3f})"
-                print(f"| {r['optimizer']} | {r['method']} | {r['epochs']} | {r['lr_halvings']} | {r['nll']:.2f} ± "
-                      f"{r['nll_stderr']:.2f} | {r['ppl']:.2f} | {r['kl']:.3f} | {r['mi']:.3f} | {r['mi_batch']:.3f} | "
-                      f"{r['au']} | {d} |")
-            else:
-                print(f"| {r['optimizer']} | {r['method']} | {r['epochs']} | {r['lr_halvings']} | unfinished |"
-                      " | | | | | |")
+        print_table(write_rows(args, plan))
 
 
 if __name__ == "__main__":
