@@ -37,6 +37,12 @@ OPTIMIZERS = {"sgd": ["train.optimizer=sgd", "train.lr=1.0"], "adam": ["train.op
 # per-method departures: Li et al.'s AE stage learns no code under He et al.'s U(±0.01) encoder init
 # (docs/mitigations.md), so ae-fb runs with PyTorch's
 METHOD_EXTRA = {"ae-fb": ["model.encoder_init=default"]}
+SCHEDULE = {  # the budget each row states
+    "sgd": "He et al.'s schedule: SGD lr 1.0, halved with a best-model reload after 2 epochs without validation "
+           "improvement (not before epoch 15), stop after the 5th halving (at most 100 epochs); batch 32",
+    "adam": "Adam lr 1e-3 under He et al.'s plateau rule: halved with a best-model reload after 2 epochs without "
+            "validation improvement (not before epoch 15), stop after the 5th halving (at most 100 epochs); batch 32",
+}
 KEYS = ("iw_samples", "nll", "nll_stderr", "ppl", "num_sequences", "num_tokens", "kl", "mi", "mi_ceiling",
         "mi_batch", "au")
 
@@ -50,7 +56,7 @@ def overrides(args, optimizer: str, method: str, seed: int) -> list[str]:
 
 def row(args, run: Path, optimizer: str, method: str, seed: int) -> dict:
     """The run's row: every test figure when it has finished, else how far it got."""
-    base = {"method": method, "optimizer": optimizer, "seed": seed, "split": "test",
+    base = {"method": method, "optimizer": optimizer, "seed": seed, "split": "test", "budget": SCHEDULE[optimizer],
             "precision": args.precision, "machine": args.machine,
             "command": f"textvae train {args.recipe} "
                        + " ".join(overrides(args, optimizer, method, seed)).replace(args.data_dir, args.data)}
